@@ -1,0 +1,65 @@
+"""Execute the course's chapters in place (fresh outputs), printing each one's time and peak memory.
+
+    python course/run_chapters.py                 # every chapter
+    python course/run_chapters.py 00 03           # chapters whose file name starts with 00 or 03
+
+Budgets (the course's promise for a 2-core CPU): 2 minutes and 3 GiB per chapter, 20 minutes in all.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+COURSE = Path(__file__).resolve().parent
+BUDGET_SECONDS, BUDGET_GIB, TOTAL_SECONDS = 120, 3.0, 1200
+
+
+def peak_gib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process, in GiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def run(path: Path) -> tuple[float, float]:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    start = time.time()
+    with client.setup_kernel():
+        pid = client.km.provisioner.process.pid
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        peak = peak_gib(pid)
+    seconds = time.time() - start
+    nbformat.write(nb, path)
+    return seconds, peak
+
+
+def main(prefixes: list[str]) -> int:
+    chapters = sorted(p for p in COURSE.glob("[0-9][0-9]_*.ipynb") if not prefixes or p.name[:2] in prefixes)
+    total, failures = 0.0, []
+    print(f"{'chapter':<44} {'time':>8} {'peak memory':>12}")
+    for path in chapters:
+        seconds, peak = run(path)
+        total += seconds
+        over = seconds > BUDGET_SECONDS or peak > BUDGET_GIB
+        if over:
+            failures.append(path.name)
+        print(f"{path.name:<44} {seconds:7.1f}s {peak:10.2f} GiB{'  OVER BUDGET' if over else ''}")
+    print(f"{'total':<44} {total:7.1f}s")
+    if total > TOTAL_SECONDS:
+        failures.append("the whole course")
+    if failures:
+        print("over budget:", ", ".join(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

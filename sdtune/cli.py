@@ -1,0 +1,197 @@
+"""The `sdtune` command: `sdtune --help` lists the subcommands, `sdtune SUBCOMMAND --help` their options."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import typing
+from pathlib import Path
+
+from PIL import Image
+
+from .data import toyworld
+
+
+def _atomic_save(image: Image.Image, path: Path, overwrite: bool) -> None:
+    """Write an image via a temporary file, refusing to replace an existing one unless asked."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists: choose another --out or pass --overwrite.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".png", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One --option per dataclass field, with the field's help text."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        required = f.default is None and f.name in ("data", "out")
+        if kind is bool:
+            parser.add_argument(name, action="store_true", help=f.metadata["help"])
+            continue
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        parser.add_argument(name, type=base, default=f.default, required=required, help=f.metadata["help"])
+
+
+def _parse_lora(spec: str) -> tuple[str, float]:
+    """'PATH' or 'PATH:SCALE' -> (path, scale); a scale is whatever follows the last ':' if it is a number."""
+    path, _, scale = spec.rpartition(":")
+    try:
+        return path, float(scale)
+    except ValueError:
+        return spec, 1.0
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .models.loading import load_pipeline
+    from .sampling import image_grid, sample
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite.")
+    loras = [_parse_lora(spec) for spec in args.lora or []]
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    for i, (path, _) in enumerate(loras):
+        pipe.load_lora_weights(path, adapter_name=f"lora{i}")
+    if loras:
+        pipe.set_adapters([f"lora{i}" for i in range(len(loras))], [scale for _, scale in loras])
+    images = sample(pipe, [args.prompt] * args.num_images, args.steps, args.guidance, seed=args.seed)
+    _atomic_save(image_grid(images), out, args.overwrite)
+    print(f"wrote {out} ({len(images)} image(s) for {args.prompt!r})")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation.judge import load_judge
+    from .evaluation.prompts import prompt_accuracy
+    from .models.loading import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    scores = prompt_accuracy(pipe, load_judge(), seeds=args.seeds, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    print(f"judge agreement with the prompt over {72 * args.seeds} images (72 base prompts x {args.seeds} seeds):")
+    for name, value in scores.items():
+        print(f"  {name:<10} {100 * value:5.1f}%")
+
+
+def cmd_toy_data(args: argparse.Namespace) -> None:
+    scenes = toyworld.sample_scenes(
+        args.n, args.seed, args.shapes.split(","), args.colours.split(","), args.backgrounds.split(","), args.styles.split(",")
+    )
+    folder = toyworld.write_dataset(scenes, args.out, overwrite=args.overwrite)
+    print(f"wrote {len(scenes)} images with captions to {folder}")
+
+
+def cmd_train_lora(args: argparse.Namespace) -> None:
+    from .training import LoraTrainConfig, train_lora
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LoraTrainConfig)}
+    out = train_lora(LoraTrainConfig(**values))
+    print(f"wrote {out}/pytorch_lora_weights.safetensors")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, steps=args.steps, overwrite=args.overwrite)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .models import pretrain
+
+    pretrain.main(pretrain.parse_args(args.pretrain_args))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import diffusers
+    import peft
+    import torch
+    import transformers
+
+    from .models.loading import TINY_PATH, default_device
+
+    log = TINY_PATH.parent / "pretrain_log.json"
+    info = {
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "device": default_device(), "tiny_model": str(TINY_PATH),
+        "tiny_model_prompt_accuracy": json.loads(log.read_text()).get("prompt_accuracy") if log.is_file() else None,
+    }
+    print(json.dumps(info, indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdtune", description="Fine-tune text-to-image diffusion models: the sdtune course's toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="sample the tiny model, train a small LoRA on a novel style, write a before/after grid")
+    p.add_argument("--out", default="sdtune-demo", help="output folder (default: sdtune-demo)")
+    p.add_argument("--steps", type=int, default=150, help="LoRA training steps (default 150)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sample", help="generate images from a prompt")
+    p.add_argument("--model", default="tiny", help="'tiny', a pipeline folder or a hub id")
+    p.add_argument("--prompt", required=True, help="the text prompt, e.g. 'a red circle on a white background'")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]", help="LoRA folder or file, repeatable; scale default 1")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--num-images", type=int, default=1, help="images to generate, saved as one grid")
+    p.add_argument("--out", required=True, help="output image file (.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="measure a model with the judge")
+    p.add_argument("what", choices=["base"], help="base: judge agreement on all 72 base prompts")
+    p.add_argument("--model", default="tiny", help="'tiny' or a pipeline folder trained on the toy world")
+    p.add_argument("--seeds", type=int, default=2, help="images per prompt (default 2)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("toy-data", help="write toy-world images + captions as a training folder")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--n", type=int, default=24, help="number of images (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shapes", default=",".join(toyworld.BASE_SHAPES), help=f"comma-separated, of {','.join(toyworld.SHAPES)}")
+    p.add_argument("--colours", default=",".join(toyworld.BASE_COLOURS), help=f"comma-separated, of {','.join(toyworld.COLOURS)}")
+    p.add_argument("--backgrounds", default=",".join(toyworld.BASE_BACKGROUNDS), help=f"comma-separated, of {','.join(toyworld.BACKGROUNDS)}")
+    p.add_argument("--styles", default="flat", help=f"comma-separated, of {','.join(toyworld.STYLES)}")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_toy_data)
+
+    from .training import LoraTrainConfig
+
+    train = sub.add_parser("train", help="train an adapter").add_subparsers(dest="method", required=True, metavar="METHOD")
+    p = train.add_parser("lora", help="train a UNet LoRA on a folder of captioned images")
+    _add_config_options(p, LoraTrainConfig)
+    p.set_defaults(func=cmd_train_lora)
+
+    p = sub.add_parser("pretrain", help="retrain the tiny model and judge (python -m sdtune.models.pretrain --help)", add_help=False)
+    p.add_argument("pretrain_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("info", help="versions, device and the tiny model's measured quality")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"sdtune {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

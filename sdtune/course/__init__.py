@@ -1,0 +1,1 @@
+"""Helpers for the course notebooks: exercise self-checks and reference solutions."""

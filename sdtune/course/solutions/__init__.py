@@ -1,0 +1,1 @@
+"""Reference solutions to the chapters' exercises (chNN.py for chapter NN)."""

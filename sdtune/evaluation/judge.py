@@ -1,0 +1,96 @@
+"""The judge: a small CNN that names what a toy-world image shows.
+
+Four heads read one shared feature vector and name the image's shape, colour, background and style
+(novel concepts included). It is the course's stand-in for CLIP score: where a paper reports "CLIP-T
+went up", a chapter here reports "the judge sees stripes in 86% of samples".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..data import toyworld
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+JUDGE_DIR = ASSETS / "judge"
+
+
+def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.SiLU())
+
+
+class Judge(nn.Module):
+    """Multi-head classifier: 64x64 RGB in [0, 1] -> logits per attribute."""
+
+    def __init__(self, attributes: dict[str, Sequence[str]] | None = None, width: int = 24) -> None:
+        super().__init__()
+        self.attributes = {k: list(v) for k, v in (attributes or toyworld.ATTRIBUTES).items()}
+        self.width = width
+        w = width
+        self.features = nn.Sequential(
+            _block(3, w, 1),  # 64x64: edges, stripes and dots are fine detail
+            _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1),  # 32x32
+            _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 1),  # 16x16
+            _block(4 * w, 4 * w, 2),  # 8x8
+        )
+        self.heads = nn.ModuleDict({k: nn.Linear(8 * w, len(v)) for k, v in self.attributes.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.features(x * 2 - 1)
+        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return {k: head(h) for k, head in self.heads.items()}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[str]]:
+        """Name each attribute of each image. `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
+        x = images if isinstance(images, torch.Tensor) else to_tensor(images)
+        was_training = self.training
+        self.eval()
+        names: dict[str, list[str]] = {k: [] for k in self.attributes}
+        for chunk in x.split(batch_size):
+            for k, logits in self(chunk.float()).items():
+                names[k] += [self.attributes[k][i] for i in logits.argmax(1).tolist()]
+        self.train(was_training)
+        return names
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"attributes": self.attributes, "width": self.width}, indent=1))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images -> (N, 3, H, W) float tensor in [0, 1]."""
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_judge(folder: str | Path = JUDGE_DIR) -> Judge:
+    """Load the shipped judge (or one saved with `Judge.save`)."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"No judge weights in {folder}: the shipped judge lives in sdtune/assets/judge; "
+            "reinstall sdtune or train one with `python -m sdtune.models.pretrain`."
+        )
+    config = json.loads((folder / "config.json").read_text())
+    judge = Judge(config["attributes"], config["width"])
+    judge.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return judge.eval()
+
+
+def agreement(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene]) -> dict[str, float]:
+    """Fraction of images whose predicted attribute equals the scene's, per attribute."""
+    return {
+        k: float(np.mean([p == getattr(s, k) for p, s in zip(values, scenes)]))
+        for k, values in predicted.items()
+    }

@@ -1,0 +1,46 @@
+"""Writing outputs safely: never half-written, never silently overwritten."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def check_output_folder(folder: str | os.PathLike, overwrite: bool, option: str = "--out") -> Path:
+    """Refuse a folder that already holds files unless `overwrite`; call it before any work starts."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder: choose another {option}.")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} already holds results: choose another {option} or pass --overwrite.")
+    return folder
+
+
+@contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of `folder` to write into; on success it replaces `folder` in one rename.
+
+    On an exception the temporary folder is removed and `folder` is left exactly as it was.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it a normal folder's permissions
+    try:
+        yield tmp
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.replaced")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

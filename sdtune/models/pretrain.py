@@ -1,0 +1,375 @@
+"""Pretrain the tiny Stable Diffusion and its judge on the toy world, reproducibly, on a CPU.
+
+    python -m sdtune.models.pretrain --out sdtune/assets            # the shipped run (about 90 min, 2 cores)
+    python -m sdtune.models.pretrain --out /tmp/t --quick            # a smoke run in seconds (the tests use it)
+
+Stages, each seeded:
+1. tokenizer: a byte-level BPE vocabulary in CLIP's format (`tokenizer.py`);
+2. judge: a classifier of every toy-world attribute, base and novel (`evaluation/judge.py`);
+3. VAE: trained like SD's on *everything*: base and novel concepts and broad random images, with an L1 +
+   L2 + image-gradient reconstruction loss and a small KL term; then its latents are standardised per
+   channel (`tiny.bake_latent_normalization`);
+4. text encoder + UNet, from scratch, on base concepts only: the usual epsilon-prediction loss on cached
+   VAE latents, min-SNR weighting, 10% caption dropout (for classifier-free guidance) and partial captions
+   ("a red shape", "a circle"), with an exponential moving average of the weights.
+
+Every stage writes its metrics into `pretrain_log.json` in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from tqdm.auto import tqdm
+from transformers import CLIPTokenizer
+
+from ..data import toyworld
+from ..evaluation.judge import Judge, agreement, load_judge
+from ..evaluation.prompts import prompt_accuracy
+from . import tiny
+from .tokenizer import write_clip_vocab
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "sdtune/assets"
+    seed: int = 0
+    judge_steps: int = 1200
+    judge_batch: int = 64
+    vae_steps: int = 2500
+    vae_batch: int = 12
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 3500
+    unet_batch: int = 64
+    unet_lr: float = 6e-4
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    partial_caption: float = 0.3
+    min_snr_gamma: float = 5.0
+    bank_size: int = 16000  # base-concept images the UNet trains on
+    eval_seeds: int = 2
+    eval_steps: int = 25
+    eval_guidance: float = 4.0
+    eval_images: int = 600  # per image kind, for the judge and VAE measurements
+    resume_stages: bool = False  # reuse a finished judge and VAE from an interrupted run in the same --out
+
+
+def _lr_lambda(total: int, warmup: int):
+    """Linear warmup, then cosine decay to 5% of the peak."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+
+
+def all_concept_scenes(n: int, seed: int) -> list[toyworld.Scene]:
+    """Scenes drawn from every concept, base and novel, with some blurred."""
+    rng = np.random.default_rng(seed)
+    scenes = toyworld.sample_scenes(n, seed, toyworld.SHAPES, toyworld.COLOURS, toyworld.BACKGROUNDS, toyworld.STYLES)
+    return [s if rng.random() > 0.1 else replace(s, blur=1.5) for s in scenes]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1], averaged over images."""
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 2: the judge
+# ------------------------------------------------------------------------------------------------
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur, per-channel colour gain, noise: so the judge also reads imperfect generated images."""
+    n = x.shape[0]
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    k = (k[:, None] * k[None, :] / 256).expand(3, 1, 5, 5)
+    blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), k, groups=3)
+    mix = torch.rand(n, 1, 1, 1, generator=gen) * (torch.rand(n, 1, 1, 1, generator=gen) < 0.5)
+    x = (1 - mix) * x + mix * blurred
+    x = x * (1 + 0.16 * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5))
+    x = x + torch.randn(x.shape, generator=gen) * 0.05 * torch.rand(n, 1, 1, 1, generator=gen)
+    return x.clamp(0, 1)
+
+
+def train_judge(cfg: PretrainConfig, log: dict) -> Judge:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    judge = Judge()
+    n_bank = min(20000, cfg.judge_steps * cfg.judge_batch)
+    scenes = all_concept_scenes(n_bank, cfg.seed + 1)
+    images = _to_tensor([toyworld.render_array(s) for s in tqdm(scenes, desc="judge data", leave=False)])
+    labels = {k: torch.tensor([v.index(getattr(s, k)) for s in scenes]) for k, v in judge.attributes.items()}
+    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.judge_steps, 100))
+    start = time.time()
+    for step in (bar := tqdm(range(cfg.judge_steps), desc="judge")):
+        idx = torch.randint(0, n_bank, (cfg.judge_batch,), generator=gen)
+        logits = judge(_augment(images[idx], gen))
+        loss = sum(F.cross_entropy(logits[k], labels[k][idx]) for k in logits)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    judge.eval()
+    fresh = all_concept_scenes(cfg.eval_images * 3, cfg.seed + 1000)
+    acc = agreement(judge.predict(_to_tensor([toyworld.render_array(s) for s in fresh])), fresh)
+    log["judge"] = {"steps": cfg.judge_steps, "minutes": (time.time() - start) / 60, "accuracy_fresh_images": acc}
+    print("judge accuracy on fresh images:", acc)
+    return judge
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 3: the VAE
+# ------------------------------------------------------------------------------------------------
+
+def _vae_bank(n: int, seed: int) -> torch.Tensor:
+    """40% base-concept images, 40% any-concept images, 20% broad random images."""
+    rng = np.random.default_rng(seed)
+    n_base, n_all = 2 * n // 5, 2 * n // 5
+    arrays = [toyworld.render_array(s) for s in toyworld.sample_scenes(n_base, seed)]
+    arrays += [toyworld.render_array(s) for s in all_concept_scenes(n_all, seed + 1)]
+    arrays += [toyworld.broad_image(rng) for _ in range(n - n_base - n_all)]
+    return _to_tensor(arrays)
+
+
+def _gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 distance between horizontal and vertical image gradients: keeps edges sharp."""
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
+
+
+def train_vae(cfg: PretrainConfig, log: dict, judge: Judge):
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    vae = tiny.new_vae()
+    images = _vae_bank(min(24000, cfg.vae_steps * cfg.vae_batch), cfg.seed + 2)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.vae_steps, 100))
+    start = time.time()
+    for step in (bar := tqdm(range(cfg.vae_steps), desc="vae")):
+        x = images[torch.randint(0, len(images), (cfg.vae_batch,), generator=gen)] * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 0.5 * _gradient_l1(recon, x)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
+        loss = rec + cfg.kl_weight * kl
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.2f}")
+    vae.eval()
+    minutes = (time.time() - start) / 60
+
+    # per-channel latent statistics over toy-world images, folded into the weights
+    with torch.no_grad():
+        stats_images = _to_tensor([toyworld.render_array(s) for s in all_concept_scenes(cfg.eval_images * 3, cfg.seed + 3)])
+        mu = torch.cat([vae.encode(b * 2 - 1).latent_dist.mean for b in stats_images.split(250)])
+        mean, std = mu.mean(dim=(0, 2, 3)), mu.std(dim=(0, 2, 3))
+        tiny.bake_latent_normalization(vae, mean, std)
+    log["vae"] = {"steps": cfg.vae_steps, "minutes": minutes, **evaluate_vae(vae, judge, cfg.seed + 4, cfg.eval_images)}
+    log["vae"]["latent_channel_mean_before_normalization"] = mean.tolist()
+    log["vae"]["latent_channel_std_before_normalization"] = std.tolist()
+    print("vae:", {k: v for k, v in log["vae"].items() if "latent" not in k})
+    return vae
+
+
+@torch.no_grad()
+def round_trip(vae, images: torch.Tensor) -> torch.Tensor:
+    """Encode (posterior mean) and decode images in [0, 1]."""
+    out = [vae.decode(vae.encode(b * 2 - 1).latent_dist.mean).sample for b in images.split(250)]
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def evaluate_vae(vae, judge: Judge, seed: int, n: int = 600) -> dict:
+    """PSNR on base, novel-concept and broad images, and judge agreement after the round trip."""
+    rng = np.random.default_rng(seed)
+    base = toyworld.sample_scenes(n, seed)
+    novel = all_concept_scenes(n, seed + 1)
+    x_base = _to_tensor([toyworld.render_array(s) for s in base])
+    x_novel = _to_tensor([toyworld.render_array(s) for s in novel])
+    x_broad = _to_tensor([toyworld.broad_image(rng) for _ in range(n)])
+    r_base, r_novel, r_broad = round_trip(vae, x_base), round_trip(vae, x_novel), round_trip(vae, x_broad)
+    return {
+        "psnr_base": psnr(r_base, x_base),
+        "psnr_all_concepts": psnr(r_novel, x_novel),
+        "psnr_broad_random": psnr(r_broad, x_broad),
+        "judge_after_round_trip_base": agreement(judge.predict(r_base), base),
+        "judge_after_round_trip_all_concepts": agreement(judge.predict(r_novel), novel),
+        "judge_on_originals_all_concepts": agreement(judge.predict(x_novel), novel),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 4: text encoder + UNet
+# ------------------------------------------------------------------------------------------------
+
+def random_caption(scene: toyworld.Scene, rng: np.random.Generator, cfg: PretrainConfig) -> str:
+    r = rng.random()
+    if r < cfg.caption_dropout:
+        return ""  # the unconditional prompt classifier-free guidance needs
+    if r < cfg.caption_dropout + cfg.partial_caption:
+        return toyworld.caption(scene, drop=[a for a in ("colour", "shape", "background") if rng.random() < 0.5])
+    return toyworld.caption(scene)
+
+
+def train_unet(cfg: PretrainConfig, log: dict, vae, tokenizer: CLIPTokenizer):
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 5)
+    scenes = toyworld.sample_scenes(cfg.bank_size, cfg.seed + 6)
+    with torch.no_grad():  # cache latents: the VAE is frozen, so encode every image once
+        images = _to_tensor([toyworld.render_array(s) for s in tqdm(scenes, desc="unet data", leave=False)])
+        dists = [vae.encode(b * 2 - 1).latent_dist for b in images.split(250)]
+        lat_mean = torch.cat([d.mean for d in dists])
+        lat_std = torch.cat([d.std for d in dists])
+    del images
+    unet = tiny.new_unet()
+    text_encoder = tiny.new_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    noise_scheduler = tiny.new_train_scheduler()
+    alphas_cumprod = noise_scheduler.alphas_cumprod
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.unet_steps, 200))
+    losses = []
+    start = time.time()
+    for step in (bar := tqdm(range(cfg.unet_steps), desc="unet")):
+        idx = torch.randint(0, len(scenes), (cfg.unet_batch,), generator=gen)
+        z0 = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen)
+        ids = tokenizer(
+            [random_caption(scenes[i], rng, cfg) for i in idx.tolist()],
+            padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt",
+        ).input_ids
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        zt = noise_scheduler.add_noise(z0, noise, t)  # z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps
+        pred = unet(zt, t, text_encoder(ids)[0]).sample
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma weighting for epsilon prediction
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    log["unet"] = {
+        "steps": cfg.unet_steps,
+        "minutes": (time.time() - start) / 60,
+        "loss_first_100": float(np.mean(losses[:100])),
+        "loss_last_100": float(np.mean(losses[-100:])),
+        "unet_parameters": sum(p.numel() for p in unet.parameters()),
+        "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
+    }
+    return unet.eval(), text_encoder.eval()
+
+
+def assemble_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny.new_sample_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def main(cfg: PretrainConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    log: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    start = time.time()
+
+    tok_dir = write_clip_vocab(out / "tokenizer-build")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=tiny.MAX_TOKENS)
+    log["tokenizer"] = {"vocab_size": len(tokenizer)}
+
+    stages = out / "stages"  # finished stages, reused by --resume-stages (deleted at the end)
+    if cfg.resume_stages and (stages / "judge_log.json").is_file():
+        judge = load_judge(out / "judge")
+        log["judge"] = json.loads((stages / "judge_log.json").read_text())
+    else:
+        judge = train_judge(cfg, log)
+        judge.save(out / "judge")
+        stages.mkdir(exist_ok=True)
+        (stages / "judge_log.json").write_text(json.dumps(log["judge"]))
+    if cfg.resume_stages and (stages / "vae" / "config.json").is_file():
+        vae = AutoencoderKL.from_pretrained(stages / "vae")
+        log["vae"] = json.loads((stages / "vae_log.json").read_text())
+    else:
+        vae = train_vae(cfg, log, judge)
+        vae.save_pretrained(stages / "vae")
+        (stages / "vae_log.json").write_text(json.dumps(log["vae"]))
+    unet, text_encoder = train_unet(cfg, log, vae, tokenizer)
+
+    # Ship UNet and VAE weights in fp16 (diffusers loads them back as fp32); evaluate what is shipped.
+    pipe = assemble_pipeline(copy.deepcopy(unet).half(), copy.deepcopy(vae).half(), text_encoder, tokenizer)
+    pipe.save_pretrained(out / "tiny-sd", safe_serialization=True)
+    for f in tok_dir.iterdir():  # keep CLIP's vocab.json + merges.txt beside tokenizer.json, as SD repos do
+        f.replace(out / "tiny-sd" / "tokenizer" / f.name)
+    tok_dir.rmdir()
+    pipe = StableDiffusionPipeline.from_pretrained(out / "tiny-sd", dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    log["prompt_accuracy"] = prompt_accuracy(pipe, judge, seeds=cfg.eval_seeds, num_inference_steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance)
+    log["vae_shipped"] = evaluate_vae(pipe.vae, judge, cfg.seed + 4, cfg.eval_images)
+    log["total_minutes"] = (time.time() - start) / 60
+    shutil.rmtree(stages)
+    (out / "pretrain_log.json").write_text(json.dumps(log, indent=1))
+    print(json.dumps({k: log[k] for k in ("prompt_accuracy", "total_minutes")}, indent=1))
+    return log
+
+
+QUICK = dict(
+    judge_steps=4, judge_batch=8, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=8, bank_size=64, eval_seeds=1, eval_steps=2, eval_images=8,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainConfig:
+    parser = argparse.ArgumentParser(prog="python -m sdtune.models.pretrain", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=PretrainConfig.out, help="output folder (tiny-sd/, judge/, pretrain_log.json)")
+    parser.add_argument("--quick", action="store_true", help="a few steps of every stage: a smoke test, not a model")
+    for field, default in asdict(PretrainConfig()).items():
+        if isinstance(default, bool):
+            parser.add_argument(f"--{field.replace('_', '-')}", action="store_true", default=None)
+        elif field != "out":
+            parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=None)
+    args = parser.parse_args(argv)
+    values = {**(QUICK if args.quick else {}), **{k: v for k, v in vars(args).items() if v is not None and k != "quick"}}
+    return PretrainConfig(**values)
+
+
+if __name__ == "__main__":
+    main(parse_args())

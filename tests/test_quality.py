@@ -1,0 +1,49 @@
+"""The shipped tiny model and judge meet their quality bars (asserted a little below the bars, which the
+pretraining log records at full evaluation size)."""
+
+import json
+
+import numpy as np
+import torch
+
+from sdtune.data import toyworld
+from sdtune.evaluation.judge import agreement, to_tensor
+from sdtune.evaluation.prompts import prompt_accuracy
+from sdtune.models.loading import TINY_PATH
+from sdtune.models.pretrain import all_concept_scenes, psnr, round_trip
+
+ALL = ("shape", "colour", "background", "style")
+
+
+def _images(scenes):
+    return to_tensor([toyworld.render(s) for s in scenes])
+
+
+def test_judge_names_every_attribute_of_fresh_images(judge):
+    scenes = all_concept_scenes(400, seed=12345)
+    scores = agreement(judge.predict(_images(scenes)), scenes)
+    assert all(scores[k] >= 0.97 for k in ALL), scores
+
+
+def test_vae_round_trip_keeps_base_and_novel_concepts(tiny_pipe, judge):
+    scenes = all_concept_scenes(300, seed=777)
+    x = _images(scenes)
+    with torch.no_grad():
+        y = round_trip(tiny_pipe.vae, x)
+    scores = agreement(judge.predict(y), scenes)
+    assert all(scores[k] >= 0.95 for k in ALL), scores
+    assert psnr(y, x) >= 24.0
+
+
+def test_the_model_draws_what_the_prompt_asks(tiny_pipe, judge):
+    scores = prompt_accuracy(tiny_pipe, judge, seeds=1)
+    assert all(v >= 0.90 for v in scores.values()), scores
+
+
+def test_the_committed_log_records_the_bars():
+    log = json.loads((TINY_PATH.parent / "pretrain_log.json").read_text())
+    assert min(log["prompt_accuracy"].values()) >= 0.95
+    assert min(log["judge"]["accuracy_fresh_images"].values()) >= 0.98
+    assert min(log["vae_shipped"]["judge_after_round_trip_all_concepts"].values()) >= 0.97
+    assert log["vae_shipped"]["psnr_base"] >= 25 and log["vae_shipped"]["psnr_all_concepts"] >= 25
+    assert np.isfinite(log["vae_shipped"]["psnr_broad_random"])
