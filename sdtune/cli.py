@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import tempfile
-import typing
 from pathlib import Path
 
 from PIL import Image
 
+from .config import add_config_options, config_from_args
 from .data import toyworld
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def _atomic_save(image: Image.Image, path: Path, overwrite: bool) -> None:
@@ -21,28 +23,14 @@ def _atomic_save(image: Image.Image, path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists: choose another --out or pass --overwrite.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".png", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        image.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+        image.save(tmp, format={".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG"))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _add_config_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One --option per dataclass field, with the field's help text."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        name = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        required = f.default is None and f.name in ("data", "out")
-        if kind is bool:
-            parser.add_argument(name, action="store_true", help=f.metadata["help"])
-            continue
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        parser.add_argument(name, type=base, default=f.default, required=required, help=f.metadata["help"])
 
 
 def _parse_lora(spec: str) -> tuple[str, float]:
@@ -61,7 +49,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite.")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out}: name an image file ending in {', '.join(IMAGE_SUFFIXES)}.")
+    if args.num_images <= 0 or args.steps <= 0:
+        raise ValueError(f"--num-images and --steps must be positive, got {args.num_images} and {args.steps}.")
     loras = [_parse_lora(spec) for spec in args.lora or []]
+    for path, _ in loras:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--lora {path}: no such file or folder (a LoRA folder or .safetensors file).")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     for i, (path, _) in enumerate(loras):
@@ -97,15 +92,14 @@ def cmd_toy_data(args: argparse.Namespace) -> None:
 def cmd_train_lora(args: argparse.Namespace) -> None:
     from .training import LoraTrainConfig, train_lora
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LoraTrainConfig)}
-    out = train_lora(LoraTrainConfig(**values))
+    out = train_lora(config_from_args(LoraTrainConfig, args))
     print(f"wrote {out}/pytorch_lora_weights.safetensors")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, steps=args.steps, overwrite=args.overwrite)
+    run_demo(args.out, model=args.model, steps=args.steps, overwrite=args.overwrite)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -137,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="sample the tiny model, train a small LoRA on a novel style, write a before/after grid")
     p.add_argument("--out", default="sdtune-demo", help="output folder (default: sdtune-demo)")
+    p.add_argument("--model", default="tiny", help="'tiny' (default) or a tiny-architecture pipeline folder")
     p.add_argument("--steps", type=int, default=150, help="LoRA training steps (default 150)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     p.set_defaults(func=cmd_demo)
@@ -176,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an adapter").add_subparsers(dest="method", required=True, metavar="METHOD")
     p = train.add_parser("lora", help="train a UNet LoRA on a folder of captioned images")
-    _add_config_options(p, LoraTrainConfig)
+    add_config_options(p, LoraTrainConfig, required=("data", "out"))
     p.set_defaults(func=cmd_train_lora)
 
     p = sub.add_parser("pretrain", help="retrain the tiny model and judge (python -m sdtune.models.pretrain --help)", add_help=False)

@@ -20,10 +20,10 @@ from .sampling import image_grid, sample
 from .training import LoraTrainConfig, train_lora
 
 
-def run_demo(out: str | Path = "sdtune-demo", steps: int = 150, overwrite: bool = False) -> dict:
+def run_demo(out: str | Path = "sdtune-demo", model: str | Path = "tiny", steps: int = 150, overwrite: bool = False) -> dict:
     out = check_output_folder(out, overwrite)
     with staged_folder(out) as tmp:
-        pipe = load_pipeline("tiny")
+        pipe = load_pipeline(model)
         pipe.set_progress_bar_config(disable=True)
         judge = load_judge()
         test = toyworld.sample_scenes(16, seed=100, styles=["striped"])
@@ -32,7 +32,9 @@ def run_demo(out: str | Path = "sdtune-demo", steps: int = 150, overwrite: bool 
         before = sample(pipe, prompts, seed=0)
         train_scenes = toyworld.sample_scenes(24, seed=1, styles=["striped"])
         toyworld.write_dataset(train_scenes, tmp / "data")
-        lora_dir = train_lora(LoraTrainConfig(data=str(tmp / "data"), out=str(tmp / "lora"), steps=steps), pipe=pipe)
+        lora_dir = train_lora(
+            LoraTrainConfig(data=str(tmp / "data"), out=str(tmp / "lora"), model=str(model), steps=steps), pipe=pipe
+        )
         pipe.load_lora_weights(lora_dir)
         after = sample(pipe, prompts, seed=0)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from .config import option
 from .data.folder import load_examples, scan_folder
 from .io import check_output_folder, staged_folder
 from .models.loading import load_pipeline
@@ -36,31 +37,24 @@ TARGET_PRESETS = {
 }
 
 
-def _help(text: str, default=None, **kwargs):
-    """A dataclass field that carries its help text (shown by the CLI's --help)."""
-    if "default_factory" in kwargs:
-        return field(metadata={"help": text}, **kwargs)
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class LoraTrainConfig:
     """Everything a LoRA training run needs; the CLI's options are these fields."""
 
-    data: str = _help("Folder of images with same-name .txt captions (or metadata.jsonl).")
-    out: str = _help("Output folder for the adapter, its config and loss log; must be empty unless overwrite.")
-    model: str = _help("'tiny', a diffusers pipeline folder, or a hub id (SD 1.x/2.x).", "tiny")
-    rank: int = _help("LoRA rank r: the inner dimension of B A.", 4)
-    alpha: float | None = _help("LoRA alpha; the update is scaled by alpha / rank. Default: alpha = rank.", None)
-    targets: str = _help(f"Which layers get adapters: {', '.join(TARGET_PRESETS)}.", "attn")
-    steps: int = _help("Optimizer steps.", 300)
-    batch_size: int = _help("Images per step.", 8)
-    lr: float = _help("Learning rate (AdamW).", 1e-3)
-    warmup_steps: int = _help("Linear learning-rate warmup steps.", 0)
-    seed: int = _help("Seed for initialisation, noise and batches.", 0)
-    instance_prompt: str | None = _help("Caption for images that have no caption file.", None)
-    mixed_precision: str = _help("'no', 'fp16' or 'bf16' (fp16/bf16 need a GPU).", "no")
-    overwrite: bool = _help("Replace the output folder's contents if it already holds results.", False)
+    data: str = option("Folder of images with same-name .txt captions (or metadata.jsonl).")
+    out: str = option("Output folder for the adapter, its config and loss log; must be empty unless overwrite.")
+    model: str = option("'tiny', a diffusers pipeline folder, or a hub id (SD 1.x/2.x).", "tiny")
+    rank: int = option("LoRA rank r: the inner dimension of B A.", 4)
+    alpha: float | None = option("LoRA alpha; the update is scaled by alpha / rank. Default: alpha = rank.", None)
+    targets: str = option(f"Which layers get adapters: {', '.join(TARGET_PRESETS)}.", "attn")
+    steps: int = option("Optimizer steps.", 300)
+    batch_size: int = option("Images per step.", 8)
+    lr: float = option("Learning rate (AdamW).", 1e-3)
+    warmup_steps: int = option("Linear learning-rate warmup steps.", 0)
+    seed: int = option("Seed for initialisation, noise and batches.", 0)
+    instance_prompt: str | None = option("Caption for images that have no caption file.", None)
+    mixed_precision: str = option("'no', 'fp16' or 'bf16' (fp16/bf16 need a GPU).", "no")
+    overwrite: bool = option("Replace the output folder's contents if it already holds results.", False)
 
     def validate(self) -> None:
         """Check every option before any work starts; each problem names the option and the fix."""
@@ -171,7 +165,3 @@ def train_lora(cfg: LoraTrainConfig, pipe: StableDiffusionPipeline | None = None
     accelerator.wait_for_everyone()
     return out
 
-
-def config_fields(cls) -> list:
-    """The fields of a config dataclass, for building CLI options from their help texts."""
-    return list(fields(cls))

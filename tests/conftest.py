@@ -2,11 +2,19 @@ import pytest
 import torch
 
 import sdtune
+from sdtune.models.tiny import save_untrained_pipeline
 
 
 @pytest.fixture(scope="session")
-def tiny_pipe():
-    pipe = sdtune.load_pipeline("tiny")
+def tiny_path(tmp_path_factory):
+    """The tiny architecture with random weights, saved as a diffusers folder: every code path of the shipped
+    model (tokenizer files, fp32 loading, LoRA, sampling) without depending on its training."""
+    return save_untrained_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_path):
+    pipe = sdtune.load_pipeline(tiny_path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -5,7 +5,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 import sdtune
 from sdtune.models import tiny
-from sdtune.models.loading import TINY_PATH, ModelError, resolve_model
+from sdtune.models.loading import ASSETS, ModelError, resolve_model
 
 
 def test_tiny_is_a_genuine_sd_pipeline_with_sd_components(tiny_pipe):
@@ -15,17 +15,17 @@ def test_tiny_is_a_genuine_sd_pipeline_with_sd_components(tiny_pipe):
     assert isinstance(tiny_pipe.unet, UNet2DConditionModel) and tiny_pipe.unet.config.cross_attention_dim
     assert isinstance(tiny_pipe.vae, AutoencoderKL) and tiny_pipe.vae_scale_factor == 8
     assert tiny_pipe.scheduler.config.clip_sample is False
-    assert tiny_pipe.unet.dtype == torch.float32  # shipped in fp16, loaded as fp32 on the CPU
+    assert tiny_pipe.unet.dtype == torch.float32
 
 
-def test_plain_diffusers_loads_the_shipped_folder():
-    pipe = StableDiffusionPipeline.from_pretrained(TINY_PATH)
+def test_plain_diffusers_loads_a_tiny_folder(tiny_path):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_path)
     image = pipe("a blue square on a black background", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (64, 64, 3)
 
 
-def test_shipped_weights_fit_the_package_budget():
-    total = sum(p.stat().st_size for p in TINY_PATH.parent.rglob("*") if p.is_file())
+def test_shipped_assets_fit_the_package_budget():
+    total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
     assert total <= 25 * 1024 * 1024, f"assets are {total / 2**20:.1f} MiB"
 
 

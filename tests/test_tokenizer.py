@@ -1,18 +1,17 @@
 from transformers import CLIPTokenizer
 
 from sdtune.data import toyworld
-from sdtune.models.loading import TINY_PATH
 
 
-def test_shipped_tokenizer_is_a_clip_tokenizer_with_vocab_and_merges():
-    folder = TINY_PATH / "tokenizer"
+def test_the_tokenizer_folder_is_a_clip_tokenizer_with_vocab_and_merges(tiny_path):
+    folder = tiny_path / "tokenizer"
     assert (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     tok = CLIPTokenizer.from_pretrained(folder)
     assert tok.model_max_length == 32
 
 
-def test_toy_words_are_single_tokens_and_any_string_tokenizes_without_unk():
-    tok = CLIPTokenizer.from_pretrained(TINY_PATH / "tokenizer")
+def test_toy_words_are_single_tokens_and_any_string_tokenizes_without_unk(tiny_path):
+    tok = CLIPTokenizer.from_pretrained(tiny_path / "tokenizer")
     for values in toyworld.ATTRIBUTES.values():
         for word in values:
             assert len(tok(word, add_special_tokens=False).input_ids) == 1, word

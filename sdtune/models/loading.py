@@ -26,7 +26,11 @@ def resolve_model(model: str | Path) -> str:
     """Turn 'tiny', a local pipeline folder or a hub id into what `from_pretrained` takes."""
     if str(model) == "tiny":
         if not (TINY_PATH / "model_index.json").is_file():
-            raise ModelError(f"The tiny model's weights are missing from {TINY_PATH}: reinstall sdtune.")
+            raise ModelError(
+                f"The tiny model's weights are not in {TINY_PATH}: train them with "
+                f"`python -m sdtune.models.pretrain --out {ASSETS}` (about 90 minutes on 2 CPU cores), "
+                "or pass a pipeline folder or hub id instead of 'tiny'."
+            )
         return str(TINY_PATH)
     path = Path(model).expanduser()
     if path.exists():

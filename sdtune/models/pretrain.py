@@ -30,40 +30,43 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
-from transformers import CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..config import add_config_options, config_from_args, option
 from ..data import toyworld
 from ..evaluation.judge import Judge, agreement, load_judge
 from ..evaluation.prompts import prompt_accuracy
 from . import tiny
-from .tokenizer import write_clip_vocab
 
 
 @dataclass
 class PretrainConfig:
-    out: str = "sdtune/assets"
-    seed: int = 0
-    judge_steps: int = 1200
-    judge_batch: int = 64
-    vae_steps: int = 2500
-    vae_batch: int = 12
-    vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
-    unet_steps: int = 3500
-    unet_batch: int = 64
-    unet_lr: float = 6e-4
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    partial_caption: float = 0.3
-    min_snr_gamma: float = 5.0
-    bank_size: int = 16000  # base-concept images the UNet trains on
-    eval_seeds: int = 2
-    eval_steps: int = 25
-    eval_guidance: float = 4.0
-    eval_images: int = 600  # per image kind, for the judge and VAE measurements
-    resume_stages: bool = False  # reuse a finished judge and VAE from an interrupted run in the same --out
+    """Every setting of the pretraining run; `python -m sdtune.models.pretrain --help` lists them."""
+
+    out: str = option("Output folder: tiny-sd/, judge/ and pretrain_log.json are written here.", "sdtune/assets")
+    seed: int = option("Seed of every stage.", 0)
+    judge_steps: int = option("Judge training steps.", 1200)
+    judge_batch: int = option("Judge batch size.", 64)
+    vae_steps: int = option("VAE training steps.", 2500)
+    vae_batch: int = option("VAE batch size.", 12)
+    vae_lr: float = option("VAE peak learning rate (cosine schedule).", 1e-3)
+    kl_weight: float = option("Weight of the VAE's KL term, per latent element.", 1e-6)
+    unet_steps: int = option("Text encoder + UNet training steps.", 3500)
+    unet_batch: int = option("Text encoder + UNet batch size.", 64)
+    unet_lr: float = option("Text encoder + UNet peak learning rate (cosine schedule).", 6e-4)
+    ema_decay: float = option("Decay of the exponential moving average of the weights that is shipped.", 0.999)
+    caption_dropout: float = option("Fraction of empty captions, for classifier-free guidance.", 0.1)
+    partial_caption: float = option("Fraction of captions with attributes left out ('a red shape').", 0.3)
+    min_snr_gamma: float = option("Min-SNR-gamma loss weighting (Hang et al. 2023).", 5.0)
+    bank_size: int = option("Number of base-concept images the UNet trains on.", 16000)
+    eval_seeds: int = option("Images per base prompt in the final prompt-accuracy measurement.", 2)
+    eval_steps: int = option("Sampling steps of that measurement.", 25)
+    eval_guidance: float = option("Guidance scale of that measurement.", 4.0)
+    eval_images: int = option("Images per kind for the judge and VAE measurements.", 600)
+    unet_init: str = option("A tiny-sd folder whose text encoder + UNet to continue training ('' = from scratch).", "")
+    resume_stages: bool = option("Reuse the judge and VAE an interrupted run left in --out/stages.", False)
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -249,8 +252,12 @@ def train_unet(cfg: PretrainConfig, log: dict, vae, tokenizer: CLIPTokenizer):
         lat_mean = torch.cat([d.mean for d in dists])
         lat_std = torch.cat([d.std for d in dists])
     del images
-    unet = tiny.new_unet()
-    text_encoder = tiny.new_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    if cfg.unet_init:  # continue a finished run's text encoder + UNet with a fresh schedule
+        unet = UNet2DConditionModel.from_pretrained(Path(cfg.unet_init) / "unet", dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(Path(cfg.unet_init) / "text_encoder", dtype=torch.float32)
+    else:
+        unet = tiny.new_unet()
+        text_encoder = tiny.new_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     noise_scheduler = tiny.new_train_scheduler()
     alphas_cumprod = noise_scheduler.alphas_cumprod
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -299,25 +306,16 @@ def train_unet(cfg: PretrainConfig, log: dict, vae, tokenizer: CLIPTokenizer):
     return unet.eval(), text_encoder.eval()
 
 
-def assemble_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny.new_sample_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
-def main(cfg: PretrainConfig) -> dict:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    log: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    start = time.time()
-
-    tok_dir = write_clip_vocab(out / "tokenizer-build")
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=tiny.MAX_TOKENS)
-    log["tokenizer"] = {"vocab_size": len(tokenizer)}
-
-    stages = out / "stages"  # finished stages, reused by --resume-stages (deleted at the end)
+def judge_and_vae(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, AutoencoderKL]:
+    """Train the judge and the VAE, or reuse them: from `out/stages` (--resume-stages, after an interrupted
+    run) or from the finished run whose UNet `--unet-init` continues."""
+    if cfg.unet_init:
+        previous = Path(cfg.unet_init).parent
+        earlier = json.loads((previous / "pretrain_log.json").read_text())
+        log.update(judge=earlier["judge"], vae=earlier["vae"], continued_from=earlier)
+        vae = AutoencoderKL.from_pretrained(Path(cfg.unet_init) / "vae", dtype=torch.float32)
+        return load_judge(previous / "judge"), vae
+    stages = out / "stages"  # finished stages, reused by --resume-stages; deleted when the run completes
     if cfg.resume_stages and (stages / "judge_log.json").is_file():
         judge = load_judge(out / "judge")
         log["judge"] = json.loads((stages / "judge_log.json").read_text())
@@ -333,20 +331,32 @@ def main(cfg: PretrainConfig) -> dict:
         vae = train_vae(cfg, log, judge)
         vae.save_pretrained(stages / "vae")
         (stages / "vae_log.json").write_text(json.dumps(log["vae"]))
+    return judge, vae
+
+
+def main(cfg: PretrainConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    log: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    start = time.time()
+
+    vocab_dir = out / "stages" / "tokenizer"
+    tokenizer = tiny.new_tokenizer(vocab_dir)
+    log["tokenizer"] = {"vocab_size": len(tokenizer)}
+
+    judge, vae = judge_and_vae(cfg, out, log)
     unet, text_encoder = train_unet(cfg, log, vae, tokenizer)
 
     # Ship UNet and VAE weights in fp16 (diffusers loads them back as fp32); evaluate what is shipped.
-    pipe = assemble_pipeline(copy.deepcopy(unet).half(), copy.deepcopy(vae).half(), text_encoder, tokenizer)
-    pipe.save_pretrained(out / "tiny-sd", safe_serialization=True)
-    for f in tok_dir.iterdir():  # keep CLIP's vocab.json + merges.txt beside tokenizer.json, as SD repos do
-        f.replace(out / "tiny-sd" / "tokenizer" / f.name)
-    tok_dir.rmdir()
+    pipe = tiny.assemble_pipeline(copy.deepcopy(unet).half(), copy.deepcopy(vae).half(), text_encoder, tokenizer)
+    tiny.save_pipeline(pipe, out / "tiny-sd", vocab_dir)
     pipe = StableDiffusionPipeline.from_pretrained(out / "tiny-sd", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     log["prompt_accuracy"] = prompt_accuracy(pipe, judge, seeds=cfg.eval_seeds, num_inference_steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance)
     log["vae_shipped"] = evaluate_vae(pipe.vae, judge, cfg.seed + 4, cfg.eval_images)
     log["total_minutes"] = (time.time() - start) / 60
-    shutil.rmtree(stages)
+    shutil.rmtree(out / "stages", ignore_errors=True)
     (out / "pretrain_log.json").write_text(json.dumps(log, indent=1))
     print(json.dumps({k: log[k] for k in ("prompt_accuracy", "total_minutes")}, indent=1))
     return log
@@ -359,16 +369,11 @@ QUICK = dict(
 
 def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     parser = argparse.ArgumentParser(prog="python -m sdtune.models.pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=PretrainConfig.out, help="output folder (tiny-sd/, judge/, pretrain_log.json)")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage: a smoke test, not a model")
-    for field, default in asdict(PretrainConfig()).items():
-        if isinstance(default, bool):
-            parser.add_argument(f"--{field.replace('_', '-')}", action="store_true", default=None)
-        elif field != "out":
-            parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=None)
-    args = parser.parse_args(argv)
-    values = {**(QUICK if args.quick else {}), **{k: v for k, v in vars(args).items() if v is not None and k != "quick"}}
-    return PretrainConfig(**values)
+    add_config_options(parser, PretrainConfig)
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK)  # options given explicitly still win
+    return config_from_args(PretrainConfig, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,15 @@ which is what the noise schedule assumes.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .tokenizer import write_clip_vocab
 
 RESOLUTION = 64
 LATENT_CHANNELS = 8
@@ -115,3 +121,35 @@ def bake_latent_normalization(vae: AutoencoderKL, mean: torch.Tensor, std: torch
     p = vae.post_quant_conv
     p.bias += p.weight[:, :, 0, 0] @ mean
     p.weight *= std.view(1, c, 1, 1)
+
+
+def new_tokenizer(vocab_dir: str | Path) -> CLIPTokenizer:
+    """Learn the BPE vocabulary into `vocab_dir` (vocab.json + merges.txt) and load it as a CLIPTokenizer."""
+    return CLIPTokenizer.from_pretrained(write_clip_vocab(vocab_dir), model_max_length=MAX_TOKENS)
+
+
+def assemble_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline from tiny parts, with the DDIM sampler and no safety checker."""
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=new_sample_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def save_pipeline(pipe: StableDiffusionPipeline, folder: str | Path, vocab_dir: str | Path) -> Path:
+    """`save_pretrained`, plus CLIP's vocab.json + merges.txt beside tokenizer.json, as SD repositories ship."""
+    folder = Path(folder)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(Path(vocab_dir) / name, folder / "tokenizer" / name)
+    return folder
+
+
+def save_untrained_pipeline(folder: str | Path, seed: int = 0) -> Path:
+    """The tiny architecture with random weights, saved as a diffusers folder: for tests and for wiring studies."""
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        tokenizer = new_tokenizer(vocab_dir)
+        text_encoder = new_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+        pipe = assemble_pipeline(new_unet(), new_vae(), text_encoder, tokenizer)
+        return save_pipeline(pipe, folder, vocab_dir)
