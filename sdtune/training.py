@@ -99,26 +99,8 @@ def encode_dataset(pipe, pixels: torch.Tensor, captions: list[str]) -> tuple[tor
     return mean, std, embeds
 
 
-def train_lora(cfg: LoraTrainConfig, pipe: StableDiffusionPipeline | None = None) -> Path:
-    """Train a UNet LoRA on a folder; returns the output folder.
-
-    The folder holds `pytorch_lora_weights.safetensors` (loads with `pipe.load_lora_weights(out)`),
-    `training_config.json` and `loss.json`. Everything is written to a temporary folder first and moved
-    into place at the end, so a crash never leaves half an output.
-    """
-    cfg.validate()
-    examples = scan_folder(cfg.data, cfg.instance_prompt)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    torch.manual_seed(cfg.seed)
-    pipe = pipe or load_pipeline(cfg.model, device=str(accelerator.device))
-    for module in (pipe.vae, pipe.text_encoder, pipe.unet):
-        module.requires_grad_(False)
-    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels = load_examples(examples, resolution)
-    lat_mean, lat_std, embeds = encode_dataset(pipe, pixels, [e.caption for e in examples])
-
-    unet = pipe.unet
-    unet.add_adapter(lora_config(cfg))
+def _optimize_and_save(cfg: LoraTrainConfig, accelerator: Accelerator, unet, lat_mean, lat_std, embeds, noise_config) -> Path:
+    """The training loop over cached latents and embeddings, then the staged write of the output folder."""
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:  # train the adapter in fp32 even if the base model is in half precision
         p.data = p.data.float()
@@ -126,14 +108,14 @@ def train_lora(cfg: LoraTrainConfig, pipe: StableDiffusionPipeline | None = None
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler = DDPMScheduler.from_config(noise_config)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     unet.train()
     start = time.time()
     for step in (bar := tqdm(range(cfg.steps), desc="lora", disable=not accelerator.is_main_process)):
-        idx = torch.randint(0, len(examples), (cfg.batch_size,), generator=gen)
+        idx = torch.randint(0, len(lat_mean), (cfg.batch_size,), generator=gen)
         z0 = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
@@ -161,7 +143,33 @@ def train_lora(cfg: LoraTrainConfig, pipe: StableDiffusionPipeline | None = None
             )
             (tmp / "training_config.json").write_text(json.dumps(asdict(cfg), indent=1))
             (tmp / "loss.json").write_text(json.dumps({"loss": losses, "seconds": time.time() - start}))
-    unet.delete_adapters("default")  # leave the caller's pipeline as it came
+    return out
+
+
+def train_lora(cfg: LoraTrainConfig, pipe: StableDiffusionPipeline | None = None) -> Path:
+    """Train a UNet LoRA on a folder; returns the output folder.
+
+    The folder holds `pytorch_lora_weights.safetensors` (loads with `pipe.load_lora_weights(out)`),
+    `training_config.json` and `loss.json`. Everything is written to a temporary folder first and moved
+    into place at the end, so a crash never leaves half an output.
+    """
+    cfg.validate()
+    examples = scan_folder(cfg.data, cfg.instance_prompt)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(cfg.seed)
+    pipe = pipe or load_pipeline(cfg.model, device=str(accelerator.device))
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+        module.requires_grad_(False)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pixels = load_examples(examples, resolution)
+    lat_mean, lat_std, embeds = encode_dataset(pipe, pixels, [e.caption for e in examples])
+
+    unet = pipe.unet
+    unet.add_adapter(lora_config(cfg))
+    try:
+        out = _optimize_and_save(cfg, accelerator, unet, lat_mean, lat_std, embeds, pipe.scheduler.config)
+    finally:
+        pipe.unet.delete_adapters("default")  # leave the caller's pipeline as it came, also after an error
     accelerator.wait_for_everyone()
     return out
 
