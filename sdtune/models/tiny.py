@@ -40,7 +40,11 @@ VAE_CONFIG = dict(
     block_out_channels=(16, 32, 64, 128),
     layers_per_block=1,
     latent_channels=LATENT_CHANNELS,
-    norm_num_groups=8,
+    # One normalisation group. With 8 groups the 16-channel last stage has 2 channels per group just before
+    # conv_out, and per-image group normalisation of a flat object on a flat background keeps little more than
+    # the sign of each channel pair: colours collapsed (A/B, base images, 1,200 steps: 26.5 dB and 55% of
+    # colours named after a round trip with 8 groups; 29.1 dB and 95% with 1).
+    norm_num_groups=1,
     sample_size=RESOLUTION,
     scaling_factor=1.0,
 )
