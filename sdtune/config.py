@@ -28,7 +28,6 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, required: tup
         parser.add_argument(name, type=base, default=f.default, required=f.name in required, help=text + shown)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """Build the config dataclass from parsed options (`overrides` win over the parsed values)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    return cls(**{**values, **overrides})
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build the config dataclass from parsed options."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

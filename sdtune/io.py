@@ -1,4 +1,4 @@
-"""Writing outputs safely: never half-written, never silently overwritten."""
+"""Where sdtune's shipped files live, and writing outputs safely: never half-written, never silently overwritten."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+ASSETS = Path(__file__).resolve().parent / "assets"  # shipped weights: judge/, tiny-sd/
 
 
 def check_output_folder(folder: str | os.PathLike, overwrite: bool, option: str = "--out") -> Path:

@@ -5,7 +5,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 import sdtune
 from sdtune.models import tiny
-from sdtune.models.loading import ASSETS, ModelError, resolve_model
+from sdtune.io import ASSETS
+from sdtune.models.loading import ModelError, resolve_model
 
 
 def test_tiny_is_a_genuine_sd_pipeline_with_sd_components(tiny_pipe):

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data import toyworld
+from ..io import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 JUDGE_DIR = ASSETS / "judge"
 
 

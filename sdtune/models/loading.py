@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from ..io import ASSETS
+
 TINY_PATH = ASSETS / "tiny-sd"
 SUPPORTED = (StableDiffusionPipeline, StableDiffusionXLPipeline)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
