@@ -20,8 +20,9 @@ logging.getLogger("transformers.utils.import_utils").addFilter(_QuietTorchvision
 
 from .data import toyworld  # noqa: E402
 from .evaluation.judge import load_judge  # noqa: E402
+from .formats import load_adapter  # noqa: E402
 from .models.loading import load_pipeline  # noqa: E402
 from .sampling import image_grid, sample  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["image_grid", "load_judge", "load_pipeline", "sample", "toyworld"]
+__all__ = ["image_grid", "load_adapter", "load_judge", "load_pipeline", "sample", "toyworld"]

@@ -43,6 +43,7 @@ def _parse_lora(spec: str) -> tuple[str, float]:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from .formats import load_adapter
     from .models.loading import load_pipeline
     from .sampling import image_grid, sample
 
@@ -59,10 +60,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--lora {path}: no such file or folder (a LoRA folder or .safetensors file).")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    for i, (path, _) in enumerate(loras):
-        pipe.load_lora_weights(path, adapter_name=f"lora{i}")
-    if loras:
-        pipe.set_adapters([f"lora{i}" for i in range(len(loras))], [scale for _, scale in loras])
+    for i, (path, scale) in enumerate(loras):  # diffusers or kohya layout; LoHa/LoKr too
+        load_adapter(pipe, path, adapter_name=f"lora{i}", scale=scale, allow_pickle=args.allow_pickle)
     images = sample(pipe, [args.prompt] * args.num_images, args.steps, args.guidance, seed=args.seed)
     _atomic_save(image_grid(images), out, args.overwrite)
     print(f"wrote {out} ({len(images)} image(s) for {args.prompt!r})")
@@ -89,11 +88,25 @@ def cmd_toy_data(args: argparse.Namespace) -> None:
     print(f"wrote {len(scenes)} images with captions to {folder}")
 
 
-def cmd_train_lora(args: argparse.Namespace) -> None:
-    from .training import LoraTrainConfig, train_lora
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training import TrainConfig, train
 
-    out = train_lora(config_from_args(LoraTrainConfig, args))
-    print(f"wrote {out}/pytorch_lora_weights.safetensors")
+    fixed = {"adapter": "full"} if args.method == "full" else {}
+    out = train(config_from_args(TrainConfig, args, **fixed))
+    print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .formats import convert_file
+    from .models.loading import load_pipeline
+
+    src, dst = Path(args.src), Path(args.dst)
+    if dst.exists() and not args.overwrite:
+        raise FileExistsError(f"{dst} already exists: choose another output or pass --overwrite.")
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"{dst}: the converted file must end in .safetensors.")
+    layout = convert_file(load_pipeline(args.model), src, dst, args.to, allow_pickle=args.allow_pickle)
+    print(f"wrote {dst} ({layout} layout)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -146,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=1, help="images to generate, saved as one grid")
     p.add_argument("--out", required=True, help="output image file (.png)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt adapters (pickle: only from a source you trust)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="measure a model with the judge")
@@ -167,12 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_toy_data)
 
-    from .training import LoraTrainConfig
+    from .training import TrainConfig
 
-    train = sub.add_parser("train", help="train an adapter").add_subparsers(dest="method", required=True, metavar="METHOD")
-    p = train.add_parser("lora", help="train a UNet LoRA on a folder of captioned images")
-    add_config_options(p, LoraTrainConfig, required=("data", "out"))
-    p.set_defaults(func=cmd_train_lora)
+    train = sub.add_parser("train", help="train an adapter or the whole UNet").add_subparsers(dest="method", required=True, metavar="METHOD")
+    p = train.add_parser("lora", help="train a LoRA, LoCon, DoRA, LoHa or LoKr adapter (--adapter) on a folder of captioned images")
+    add_config_options(p, TrainConfig, required=("data", "out"))
+    p.set_defaults(func=cmd_train)
+    p = train.add_parser("full", help="fine-tune every UNet weight (the baseline adapters are compared with)")
+    add_config_options(p, TrainConfig, required=("data", "out"), exclude=("adapter", "rank", "alpha", "targets", "train_text_encoder"))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert", help="convert an adapter file between the diffusers and kohya/A1111/ComfyUI layouts")
+    p.add_argument("src", help="adapter file or folder (diffusers or kohya layout)")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--to", choices=["kohya", "diffusers"], required=True, help="the layout to write")
+    p.add_argument("--model", default="tiny", help="the base model the adapter belongs to: its layer names resolve kohya keys")
+    p.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt files (pickle: only from a source you trust)")
+    p.add_argument("--overwrite", action="store_true", help="replace dst if it exists")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("pretrain", help="retrain the tiny model and judge (python -m sdtune.models.pretrain --help)", add_help=False)
     p.add_argument("pretrain_args", nargs=argparse.REMAINDER)
@@ -187,6 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
         print(f"sdtune {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -13,10 +13,12 @@ def option(help: str, default: Any = None) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, required: tuple[str, ...] = ()) -> None:
-    """Add one --option per field of the config dataclass `cls` (booleans become flags)."""
+def add_config_options(parser: argparse.ArgumentParser, cls: type, required: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
+    """Add one --option per field of the config dataclass `cls` (booleans become flags), except `exclude`."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         name = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         text = f.metadata.get("help", "")
@@ -28,6 +30,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, required: tup
         parser.add_argument(name, type=base, default=f.default, required=f.name in required, help=text + shown)
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build the config dataclass from parsed options."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """Build the config dataclass from parsed options; fields without an option keep their default or `fixed`."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**(given | fixed))

@@ -17,7 +17,7 @@ from .evaluation.judge import agreement, load_judge
 from .io import check_output_folder, staged_folder
 from .models.loading import load_pipeline
 from .sampling import image_grid, sample
-from .training import LoraTrainConfig, train_lora
+from .training import TrainConfig, train
 
 
 def run_demo(out: str | Path = "sdtune-demo", model: str | Path = "tiny", steps: int = 150, overwrite: bool = False) -> dict:
@@ -32,9 +32,7 @@ def run_demo(out: str | Path = "sdtune-demo", model: str | Path = "tiny", steps:
         before = sample(pipe, prompts, seed=0)
         train_scenes = toyworld.sample_scenes(24, seed=1, styles=["striped"])
         toyworld.write_dataset(train_scenes, tmp / "data")
-        lora_dir = train_lora(
-            LoraTrainConfig(data=str(tmp / "data"), out=str(tmp / "lora"), model=str(model), steps=steps), pipe=pipe
-        )
+        lora_dir = train(TrainConfig(data=str(tmp / "data"), out=str(tmp / "lora"), model=str(model), steps=steps), pipe=pipe)
         pipe.load_lora_weights(lora_dir)
         after = sample(pipe, prompts, seed=0)
 

@@ -1,175 +1,431 @@
-"""The training loop: a folder of captioned images in, an adapter file out.
+"""The training loop: a folder of captioned images in, an adapter (or a fine-tuned UNet) out.
 
-One step of diffusion fine-tuning, the same for SD 1.5 and the tiny model:
+One step of diffusion fine-tuning, the same for SD 1.5, SDXL and the tiny model:
 
     z0  = VAE.encode(x) * scaling_factor                    (cached once: the VAE is frozen)
-    c   = TextEncoder(tokens(caption))                       (cached once when the text encoder is frozen)
-    t ~ U{0..T-1},  eps ~ N(0, I)
+    c   = TextEncoder(tokens(caption))                       (cached once unless the text encoder trains)
+    t ~ U{0..T-1},  eps ~ N(0, I)   (+ noise_offset * N(0, 1) per image and channel)
     z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps             (noise_scheduler.add_noise)
-    L   = || eps - UNet_theta(z_t, t, c) ||^2                (theta: only the adapter's weights)
+    L   = w(t) || target - UNet_theta(z_t, t, c) ||^2         target = eps (or v for v-prediction models)
+    w(t) = min(SNR_t, gamma) / SNR_t                         (min-SNR-gamma; 1 when off)
 
-Runs through `accelerate`, so `accelerate launch -m sdtune train ...` is data-parallel on several GPUs.
+theta is the adapter's weights (LoRA, LoCon, DoRA, LoHa, LoKr; see `sdtune.methods`), or every UNet weight
+for full fine-tuning. Runs through `accelerate`: `accelerate launch -m sdtune train ...` is data-parallel.
+Checkpoints hold everything the loop's future depends on (weights, optimizer, schedule, random state), so
+a resumed run ends with the same weights as one that was never interrupted (on one process; with several,
+each process's batches are drawn from its own generator and only the first one's state is saved).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler, StableDiffusionPipeline
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import option
 from .data.folder import load_examples, scan_folder
-from .io import check_output_folder, staged_folder
+from .formats.adapters import add_adapter, components, remove_adapter, save_adapter
+from .formats.kohya import kohya_metadata
+from .io import check_output_folder, staged_file, staged_folder
+from .methods import ADAPTER_KINDS, DEFAULT_TARGETS, TARGET_PRESETS, adapter_config
 from .models.loading import load_pipeline
 
-TARGET_PRESETS = {
-    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
-    "attn-mlp": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
-}
+ADAPTER = "sdtune"  # the name the adapter being trained has inside the pipeline
+SCHEDULES = ("constant", "linear", "cosine")
+RESUMABLE_CHANGES = {"out", "steps", "resume", "overwrite", "checkpoint_every", "validation_every", "validation_prompt"}
 
 
 @dataclass
-class LoraTrainConfig:
-    """Everything a LoRA training run needs; the CLI's options are these fields."""
+class TrainConfig:
+    """Everything a training run needs; the CLI's options are these fields."""
 
     data: str = option("Folder of images with same-name .txt captions (or metadata.jsonl).")
-    out: str = option("Output folder for the adapter, its config and loss log; must be empty unless overwrite.")
-    model: str = option("'tiny', a diffusers pipeline folder, or a hub id (SD 1.x/2.x).", "tiny")
-    rank: int = option("LoRA rank r: the inner dimension of B A.", 4)
-    alpha: float | None = option("LoRA alpha; the update is scaled by alpha / rank. Default: alpha = rank.", None)
-    targets: str = option(f"Which layers get adapters: {', '.join(TARGET_PRESETS)}.", "attn")
+    out: str = option("Output folder for the adapter files, config, loss log, validation images and checkpoints.")
+    model: str = option("'tiny', a diffusers pipeline folder, or a hub id (SD 1.x/2.x, SDXL).", "tiny")
+    adapter: str = option(f"What to train: {', '.join(ADAPTER_KINDS)}, or full (every UNet weight).", "lora")
+    rank: int = option("Adapter rank r (LoRA: the inner dimension of B A).", 4)
+    alpha: float | None = option("Adapter alpha; the update is scaled by alpha / rank. Default: alpha = rank.", None)
+    targets: str | None = option(f"Adapted layers: {', '.join(TARGET_PRESETS)}. Default: per adapter ({DEFAULT_TARGETS}).", None)
+    train_text_encoder: bool = option("Also put an adapter on the text encoder(s) (not with --adapter full).", False)
     steps: int = option("Optimizer steps.", 300)
-    batch_size: int = option("Images per step.", 8)
-    lr: float = option("Learning rate (AdamW).", 1e-3)
+    batch_size: int = option("Images per micro-batch (per process).", 8)
+    gradient_accumulation: int = option("Micro-batches per optimizer step: effective batch = batch size x this x processes.", 1)
+    lr: float = option("Learning rate of the UNet's trainable weights (AdamW).", 1e-3)
+    text_encoder_lr: float | None = option("Learning rate of the text encoder's adapter. Default: --lr.", None)
+    lr_scheduler: str = option(f"Learning-rate schedule after warmup: {', '.join(SCHEDULES)}.", "constant")
     warmup_steps: int = option("Linear learning-rate warmup steps.", 0)
+    min_snr_gamma: float = option("Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 = off.", 0.0)
+    noise_offset: float = option("Noise offset (e.g. 0.05): lets the model learn very dark or bright images; 0 = off.", 0.0)
+    caption_dropout: float = option("Fraction of steps' captions replaced by the empty prompt (keeps guidance working).", 0.0)
+    flip: bool = option("Also train on horizontally flipped images.", False)
+    mixed_precision: str = option("'no', 'fp16' or 'bf16' (fp16/bf16 need a GPU).", "no")
+    gradient_checkpointing: bool = option("Recompute activations in the backward pass: less memory, ~30% slower.", False)
+    optimizer: str = option("'adamw', or 'adamw8bit' (bitsandbytes, CUDA only).", "adamw")
+    validation_prompt: str | None = option("Prompt sampled every --validation-every steps into OUT/validation/.", None)
+    validation_every: int = option("Steps between validation images (0 = none).", 0)
+    checkpoint_every: int = option("Steps between checkpoints in OUT/checkpoints/ (0 = none).", 0)
+    resume: bool = option("Continue from the latest checkpoint in OUT/checkpoints/.", False)
     seed: int = option("Seed for initialisation, noise and batches.", 0)
     instance_prompt: str | None = option("Caption for images that have no caption file.", None)
-    mixed_precision: str = option("'no', 'fp16' or 'bf16' (fp16/bf16 need a GPU).", "no")
     overwrite: bool = option("Replace the output folder's contents if it already holds results.", False)
 
     def validate(self) -> None:
         """Check every option before any work starts; each problem names the option and the fix."""
+        if self.adapter not in ADAPTER_KINDS + ("full",):
+            raise ValueError(f"Unknown --adapter {self.adapter!r}: choose one of {', '.join(ADAPTER_KINDS)} or full.")
         if self.rank <= 0:
             raise ValueError(f"--rank must be a positive integer, got {self.rank}.")
-        if self.alpha is not None and self.alpha <= 0:
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ValueError(f"--alpha must be positive, got {self.alpha}.")
-        if self.targets not in TARGET_PRESETS:
+        if self.targets is not None and self.targets not in TARGET_PRESETS:
             raise ValueError(f"Unknown --targets {self.targets!r}: choose one of {', '.join(TARGET_PRESETS)}.")
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError(f"--steps and --batch-size must be positive, got {self.steps} and {self.batch_size}.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}.")
+        if self.adapter == "locon" and self.targets not in (None, "attn-mlp-conv"):
+            raise ValueError("LoCon is LoRA on convolutions too: use --targets attn-mlp-conv, or --adapter lora.")
+        if self.adapter == "full" and self.train_text_encoder:
+            raise ValueError("--train-text-encoder puts an adapter on the text encoder; full fine-tuning trains the UNet only.")
+        for name in ("steps", "batch_size", "gradient_accumulation"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("lr", "text_encoder_lr"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}.")
+        if self.lr_scheduler not in SCHEDULES:
+            raise ValueError(f"Unknown --lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}.")
+        for name in ("warmup_steps", "min_snr_gamma", "noise_offset", "validation_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"--caption-dropout must be in [0, 1), got {self.caption_dropout}.")
+        if self.validation_every and not self.validation_prompt:
+            raise ValueError("--validation-every needs --validation-prompt: the prompt to sample.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+        if self.mixed_precision != "no" and not torch.cuda.is_available():
+            raise ValueError(f"--mixed-precision {self.mixed_precision} needs a CUDA GPU; use 'no' on the CPU.")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"--optimizer must be adamw or adamw8bit, got {self.optimizer!r}.")
+        if self.optimizer == "adamw8bit" and not _bitsandbytes_ready():
+            raise ValueError("--optimizer adamw8bit needs a CUDA GPU and `pip install bitsandbytes`; use adamw.")
         if not self.out:
-            raise ValueError("--out is required: the folder the trained adapter is written to.")
-        check_output_folder(self.out, self.overwrite)
+            raise ValueError("--out is required: the folder the results are written to.")
+        if self.resume:
+            if latest_checkpoint(self.out) is None:
+                raise FileNotFoundError(f"--resume: no checkpoint in {Path(self.out) / 'checkpoints'}; start without --resume.")
+        else:
+            check_output_folder(self.out, self.overwrite)
+
+    @property
+    def resolved_targets(self) -> str:
+        return self.targets or DEFAULT_TARGETS.get(self.adapter, "attn")
+
+    @property
+    def resolved_alpha(self) -> float:
+        return float(self.alpha or self.rank)
 
 
-def lora_config(cfg: LoraTrainConfig) -> LoraConfig:
-    """The peft LoraConfig; `init_lora_weights="gaussian"` draws A ~ N(0, 1/r) and sets B = 0."""
-    return LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha or cfg.rank,
-        init_lora_weights="gaussian",
-        target_modules=TARGET_PRESETS[cfg.targets],
-    )
+def _bitsandbytes_ready() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------------
+# Conditioning: what the UNet is given besides the noisy latent
+# ------------------------------------------------------------------------------------------------
+
+def is_sdxl(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def encode_captions(pipe, captions: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Prompt embeddings (and, for SDXL, the pooled embedding) through the pipeline's own `encode_prompt`."""
+    if is_sdxl(pipe):
+        embeds, _, pooled, _ = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return {"embeds": embeds, "pooled": pooled}
+    embeds, _ = pipe.encode_prompt(captions, device, 1, False)
+    return {"embeds": embeds}
+
+
+def unet_inputs(pipe, cond: dict[str, torch.Tensor], resolution: int) -> dict:
+    """The UNet's keyword arguments: SDXL also takes the pooled text embedding and the size/crop "time ids"."""
+    kwargs = {"encoder_hidden_states": cond["embeds"]}
+    if "pooled" in cond:
+        n = cond["pooled"].shape[0]
+        time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=cond["pooled"].dtype)
+        kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"], "time_ids": time_ids.to(cond["pooled"].device).repeat(n, 1)}
+    return kwargs
 
 
 @torch.no_grad()
-def encode_dataset(pipe, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cache what the frozen VAE and text encoder produce: latent means and stds, and prompt embeddings."""
-    dists = [pipe.vae.encode(b.to(pipe.device, pipe.vae.dtype)).latent_dist for b in pixels.split(64)]
+def encode_images(pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cache the frozen VAE's latent distribution of every image: means and stds, times scaling_factor."""
+    dists = [pipe.vae.encode(b.to(pipe.device, pipe.vae.dtype)).latent_dist for b in pixels.split(32)]
     scale = pipe.vae.config.scaling_factor
-    mean = torch.cat([d.mean for d in dists]).float() * scale
-    std = torch.cat([d.std for d in dists]).float() * scale
-    ids = pipe.tokenizer(
-        captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    embeds = torch.cat([pipe.text_encoder(b.to(pipe.device))[0] for b in ids.split(64)]).float()
-    return mean, std, embeds
+    return torch.cat([d.mean for d in dists]).float().cpu() * scale, torch.cat([d.std for d in dists]).float().cpu() * scale
 
 
-def _optimize_and_save(cfg: LoraTrainConfig, accelerator: Accelerator, unet, lat_mean, lat_std, embeds, noise_config) -> Path:
-    """The training loop over cached latents and embeddings, then the staged write of the output folder."""
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:  # train the adapter in fp32 even if the base model is in half precision
-        p.data = p.data.float()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    warmup = max(1, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
-    noise_scheduler = DDPMScheduler.from_config(noise_config)
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    losses: list[float] = []
-    unet.train()
-    start = time.time()
-    for step in (bar := tqdm(range(cfg.steps), desc="lora", disable=not accelerator.is_main_process)):
-        idx = torch.randint(0, len(lat_mean), (cfg.batch_size,), generator=gen)
-        z0 = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
-        z_t = noise_scheduler.add_noise(z0, noise, t)
-        device = accelerator.device
-        with accelerator.autocast():
-            pred = unet(z_t.to(device), t.to(device), embeds[idx].to(device)).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"Loss became {loss.item()} at step {step}: lower --lr (now {cfg.lr}).")
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-
-    unet = accelerator.unwrap_model(unet)
-    out = Path(cfg.out)
-    if accelerator.is_main_process:
-        with staged_folder(out) as tmp:
-            StableDiffusionPipeline.save_lora_weights(
-                tmp, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True,
-                unet_lora_adapter_metadata=lora_config(cfg).to_dict(),
-            )
-            (tmp / "training_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-            (tmp / "loss.json").write_text(json.dumps({"loss": losses, "seconds": time.time() - start}))
-    return out
+def latest_checkpoint(out: str | Path) -> Path | None:
+    found = sorted((Path(out) / "checkpoints").glob("step-*"))
+    return found[-1] if found else None
 
 
-def train_lora(cfg: LoraTrainConfig, pipe: StableDiffusionPipeline | None = None) -> Path:
-    """Train a UNet LoRA on a folder; returns the output folder.
+def save_checkpoint(out: Path, step: int, named_params: dict[str, torch.nn.Parameter], optimizer, scheduler,
+                    gen: torch.Generator, losses: list[float], cfg: TrainConfig, keep: int = 2) -> Path:
+    """Write everything the rest of the run depends on, atomically; keep the newest `keep` checkpoints."""
+    folder = out / "checkpoints" / f"step-{step:07d}"
+    with staged_folder(folder) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in named_params.items()}, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": gen.get_state(),
+                    "step": step, "losses": losses}, tmp / "state.pt")
+        (tmp / "training_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    for old in sorted((out / "checkpoints").glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return folder
 
-    The folder holds `pytorch_lora_weights.safetensors` (loads with `pipe.load_lora_weights(out)`),
-    `training_config.json` and `loss.json`. Everything is written to a temporary folder first and moved
-    into place at the end, so a crash never leaves half an output.
+
+def load_checkpoint(folder: Path, cfg: TrainConfig, named_params: dict[str, torch.nn.Parameter], optimizer, scheduler,
+                    gen: torch.Generator) -> tuple[int, list[float]]:
+    """Restore a checkpoint into the run; refuses one made with settings that change the training."""
+    saved = json.loads((folder / "training_config.json").read_text())
+    changed = [f.name for f in fields(cfg) if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(cfg, f.name)]
+    if changed:
+        raise ValueError(f"--resume: {folder} was made with other settings ({', '.join(changed)}); use the same options.")
+    weights = load_file(str(folder / "trainable.safetensors"))
+    with torch.no_grad():
+        for name, param in named_params.items():
+            param.copy_(weights[name])
+    state = torch.load(folder / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["rng"])
+    return state["step"], state["losses"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+def _lr_factor(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return {"constant": 1.0, "linear": 1.0 - t, "cosine": 0.5 * (1 + math.cos(math.pi * t))}[cfg.lr_scheduler]
+
+    return f
+
+
+def _base_model_version(pipe) -> str:
+    if is_sdxl(pipe):
+        return "sdxl_base_v1-0"
+    return {768: "sd_v1", 1024: "sd_v2"}.get(pipe.unet.config.cross_attention_dim, "sdtune_tiny")
+
+
+def train(cfg: TrainConfig, pipe=None) -> Path:
+    """Train on a folder; returns the output folder.
+
+    Adapters: the folder holds `<name>.safetensors` in the kohya/A1111/ComfyUI layout and, for LoRA, LoCon
+    and DoRA, `pytorch_lora_weights.safetensors` (loads with `pipe.load_lora_weights(out)`); full
+    fine-tuning writes a diffusers pipeline folder. Plus `training_config.json`, `loss.json`, and
+    `validation/`, `checkpoints/` when asked. A pipeline passed in is left as it came.
     """
     cfg.validate()
     examples = scan_folder(cfg.data, cfg.instance_prompt)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    out = Path(cfg.out)
+    if cfg.overwrite and not cfg.resume and accelerator.is_main_process:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # never resume from an older run's checkpoints
     torch.manual_seed(cfg.seed)
+    caller_pipe = pipe is not None
     pipe = pipe or load_pipeline(cfg.model, device=str(accelerator.device))
-    for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+    for module in components(pipe).values():
         module.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels = load_examples(examples, resolution)
-    lat_mean, lat_std, embeds = encode_dataset(pipe, pixels, [e.caption for e in examples])
 
-    unet = pipe.unet
-    unet.add_adapter(lora_config(cfg))
+    # cache what the frozen parts produce
+    pixels = load_examples(examples, resolution)
+    captions = [e.caption for e in examples]
+    if cfg.flip:
+        pixels, captions = torch.cat([pixels, pixels.flip(-1)]), captions + captions
+    lat_mean, lat_std = encode_images(pipe, pixels)
+    prompts = sorted(set(captions) | {""})
+    prompt_index = torch.tensor([prompts.index(c) for c in captions])
+    with torch.no_grad():
+        cached = encode_captions(pipe, prompts, accelerator.device)
+
+    # what trains
+    unet = copy.deepcopy(pipe.unet) if cfg.adapter == "full" and caller_pipe else pipe.unet
+    trained_pipe = type(pipe).from_pipe(pipe, unet=unet) if unet is not pipe.unet else pipe
+    text_encoders = [m for n, m in components(pipe).items() if n != "unet"] if cfg.train_text_encoder else []
+    if cfg.adapter == "full":
+        unet.requires_grad_(True)
+    else:
+        add_adapter(unet, adapter_config(cfg.adapter, cfg.rank, cfg.resolved_alpha, cfg.resolved_targets, "unet"), ADAPTER)
+        for te in text_encoders:
+            add_adapter(te, adapter_config(cfg.adapter, cfg.rank, cfg.resolved_alpha, cfg.resolved_targets, "text_encoder"), ADAPTER)
+    modes = {m: m.training for m in components(pipe).values()}
     try:
-        out = _optimize_and_save(cfg, accelerator, unet, lat_mean, lat_std, embeds, pipe.scheduler.config)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            for te in text_encoders:
+                te.gradient_checkpointing_enable()
+        return _run(cfg, accelerator, trained_pipe, unet, text_encoders, lat_mean, lat_std, prompts, prompt_index, cached, resolution)
     finally:
-        pipe.unet.delete_adapters("default")  # leave the caller's pipeline as it came, also after an error
+        for module, was_training in modes.items():
+            module.train(was_training)
+        if cfg.adapter != "full":
+            remove_adapter(pipe, ADAPTER)  # leave the caller's pipeline as it came, also after an error
+        if cfg.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+            for te in text_encoders:
+                te.gradient_checkpointing_disable()
+
+
+def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, lat_mean, lat_std, prompts, prompt_index,
+         cached, resolution: int) -> Path:
+    out = Path(cfg.out)
+    named = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+    for i, te in enumerate(text_encoders):
+        named.update({f"text_encoder_{i}.{n}": p for n, p in te.named_parameters() if p.requires_grad})
+    for p in named.values():  # train in fp32 even if the base model is in half precision
+        p.data = p.data.float()
+    groups = [{"params": [p for n, p in named.items() if n.startswith("unet.")], "lr": cfg.lr}]
+    if text_encoders:
+        groups.append({"params": [p for n, p in named.items() if not n.startswith("unet.")], "lr": cfg.text_encoder_lr or cfg.lr})
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(groups, weight_decay=1e-2)
+    else:
+        optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    alphas_cumprod = noise_scheduler.alphas_cumprod
+    prediction = noise_scheduler.config.prediction_type
+
+    # each process draws its own batches; the generator's state is part of every checkpoint
+    gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * accelerator.process_index)
+    start_step, losses = 0, []
+    if cfg.resume:
+        start_step, losses = load_checkpoint(latest_checkpoint(out), cfg, named, optimizer, scheduler, gen)
+    # Only the UNet is wrapped for data parallelism; the text encoders run inside pipe.encode_prompt, so
+    # their adapter's gradients are averaged across processes by hand before each optimizer step.
+    unet_ddp = accelerator.prepare(unet)
+    te_params = [p for n, p in named.items() if not n.startswith("unet.")]
+    device = accelerator.device
+
+    def loss_on_batch() -> torch.Tensor:
+        idx = torch.randint(0, len(lat_mean), (cfg.batch_size,), generator=gen)
+        z0 = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn(z0.shape[:2] + (1, 1), generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        which = prompt_index[idx]
+        if cfg.caption_dropout:
+            which = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout, prompts.index(""), which)
+        z_t = noise_scheduler.add_noise(z0, noise, t)
+        target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
+        with accelerator.autocast():
+            if text_encoders:  # the text encoder trains: encode this batch's captions with gradients
+                cond = encode_captions(pipe, [prompts[i] for i in which.tolist()], device)
+            else:
+                cond = {k: v[which.to(v.device)] for k, v in cached.items()}
+            pred = unet_ddp(z_t.to(device), t.to(device), **unet_inputs(pipe, cond, resolution)).sample
+        per_image = (pred.float() - target.to(device)).pow(2).mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma:
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            weight = snr.clamp(max=cfg.min_snr_gamma) / (snr if prediction == "epsilon" else snr + 1)
+            per_image = per_image * weight.to(device)
+        return per_image.mean()
+
+    for m in (unet_ddp, *text_encoders):
+        m.train()
+    start = time.time()
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.adapter,
+               disable=not accelerator.is_main_process)
+    for step in bar:
+        total = 0.0
+        for micro in range(cfg.gradient_accumulation):
+            sync = micro == cfg.gradient_accumulation - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(unet_ddp):
+                loss = loss_on_batch() / cfg.gradient_accumulation
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"The loss became {loss.item()} at step {step}: training stopped, the last checkpoint is intact. "
+                        f"Lower --lr (now {cfg.lr}) or use --mixed-precision bf16/no instead of fp16."
+                    )
+                accelerator.backward(loss)
+            total += loss.item()
+        if accelerator.num_processes > 1:
+            for p in te_params:
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(total)
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        done = step + 1
+        if accelerator.is_main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            save_checkpoint(out, done, named, optimizer, scheduler, gen, losses, cfg)
+        if accelerator.is_main_process and cfg.validation_every and (done % cfg.validation_every == 0 or done == cfg.steps):
+            _validation_image(pipe, cfg, out / "validation" / f"step-{done:07d}.png", (unet_ddp, *text_encoders))
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_results(cfg, pipe, accelerator.unwrap_model(unet_ddp), out, losses, time.time() - start, start_step,
+                       accelerator.num_processes)
     accelerator.wait_for_everyone()
     return out
 
+
+@torch.no_grad()
+def _validation_image(pipe, cfg: TrainConfig, path: Path, trained: tuple) -> None:
+    from .sampling import sample
+
+    for m in trained:
+        m.eval()
+    pipe.set_progress_bar_config(disable=True)
+    image = sample(pipe, cfg.validation_prompt, seed=cfg.seed)[0]
+    with staged_file(path) as tmp:
+        image.save(tmp, format="PNG")
+    for m in trained:
+        m.train()
+
+
+def _write_results(cfg: TrainConfig, pipe, unet, out: Path, losses: list[float], seconds: float, start_step: int,
+                   processes: int) -> None:
+    """Stage every result file, carry over checkpoints and validation images, and swap the folder in at once."""
+    with staged_folder(out) as tmp:
+        if cfg.adapter == "full":
+            pipe.save_pretrained(tmp)  # pipe.unet is the fine-tuned UNet
+        else:
+            meta = kohya_metadata(cfg.adapter, cfg.rank, cfg.resolved_alpha, _base_model_version(pipe),
+                                  {"ss_steps": cfg.steps, "ss_learning_rate": cfg.lr, "ss_output_name": out.name,
+                                   "ss_resolution": f"({pipe.unet.config.sample_size * pipe.vae_scale_factor}, "
+                                                    f"{pipe.unet.config.sample_size * pipe.vae_scale_factor})"})
+            save_adapter(pipe, tmp, ADAPTER, cfg.adapter, out.name, meta)
+        (tmp / "training_config.json").write_text(json.dumps(asdict(cfg) | {"targets": cfg.resolved_targets, "alpha": cfg.resolved_alpha}, indent=1))
+        (tmp / "loss.json").write_text(json.dumps({"loss": losses, "seconds_this_session": seconds, "resumed_at_step": start_step, "processes": processes}))
+        for kept in ("checkpoints", "validation"):
+            if (out / kept).is_dir():
+                shutil.move(str(out / kept), str(tmp / kept))

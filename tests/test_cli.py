@@ -14,7 +14,7 @@ def run(*args):
 def test_help_lists_the_subcommands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("demo", "sample", "eval", "toy-data", "train", "pretrain", "info"):
+    for command in ("demo", "sample", "eval", "toy-data", "train", "convert", "pretrain", "info"):
         assert command in result.stdout
 
 
@@ -41,6 +41,19 @@ def test_toy_data_then_train_lora_from_the_command_line(tiny_path, tmp_path):
     main(["train", "lora", "--model", str(tiny_path), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "l"),
           "--steps", "2", "--batch-size", "2"])
     assert (tmp_path / "l" / "pytorch_lora_weights.safetensors").is_file()
+    main(["train", "lora", "--adapter", "loha", "--model", str(tiny_path), "--data", str(tmp_path / "d"),
+          "--out", str(tmp_path / "h"), "--steps", "2", "--batch-size", "2", "--lr", "1e-2"])
+    main(["sample", "--model", str(tiny_path), "--prompt", "a dotted star", "--steps", "2",
+          "--lora", f"{tmp_path / 'h' / 'h.safetensors'}:0.8", "--lora", str(tmp_path / "l"), "--out", str(tmp_path / "s.png")])
+    assert Image.open(tmp_path / "s.png").size == (64, 64)
+    main(["train", "full", "--model", str(tiny_path), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "f"),
+          "--steps", "1", "--batch-size", "2"])
+    assert (tmp_path / "f" / "model_index.json").is_file() and (tmp_path / "f" / "unet").is_dir()
+
+
+def test_train_full_has_no_adapter_options():
+    result = run("train", "full", "--help")
+    assert result.returncode == 0 and "--rank" not in result.stdout and "--checkpoint-every" in result.stdout
 
 
 def test_lora_spec_parsing():

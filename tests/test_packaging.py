@@ -17,3 +17,4 @@ def test_the_wheel_ships_the_assets_and_the_course_helpers(tmp_path):
     assert shipped and shipped <= names, sorted(shipped - names)
     assert "sdtune/assets/judge/model.safetensors" in names
     assert "sdtune/course/solutions/ch00.py" in names
+    assert {"sdtune/methods/lycoris.py", "sdtune/formats/kohya.py"} <= names

@@ -29,7 +29,7 @@ def resolve_model(model: str | Path) -> str:
         if not (TINY_PATH / "model_index.json").is_file():
             raise ModelError(
                 f"The tiny model's weights are not in {TINY_PATH}: train them with "
-                f"`python -m sdtune.models.pretrain --out {ASSETS}` (about 90 minutes on 2 CPU cores), "
+                f"`python -m sdtune.models.pretrain --out {ASSETS}` (about two hours on 2 CPU cores), "
                 "or pass a pipeline folder or hub id instead of 'tiny'."
             )
         return str(TINY_PATH)

@@ -1,0 +1,141 @@
+"""Training speed and memory of every adapter kind on the tiny model, beside the diffusers example's loop.
+
+    python benchmarks/train_speed.py [--model tiny] [--steps 60] [--batch-size 8]
+
+Each case runs in its own process so that its peak memory (max RSS) is its own. Printed per case: trainable
+parameters, kohya-file size, optimizer steps per second, peak memory.
+
+The reference is the per-step work of diffusers' `examples/text_to_image/train_text_to_image_lora.py`,
+written out here at identical settings (model, 24 images, resolution, batch, rank 4 on the attention
+projections): each step converts the batch's images to tensors, encodes them with the VAE, encodes the
+captions with the text encoder, then runs the UNet forward and backward, clips gradients and steps AdamW.
+sdtune encodes images and captions once before the loop (the VAE and text encoder are frozen), so its steps
+are UNet work only. Target: >= 1.5x the reference's steps/s for LoRA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+KINDS = ("lora", "locon", "dora", "loha", "lokr", "full")
+TARGET = 1.5
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_sdtune(kind: str, model: str, data: Path, steps: int, batch: int) -> dict:
+    from sdtune.training import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = train(TrainConfig(data=str(data), out=f"{tmp}/{kind}", model=model, adapter=kind, steps=steps, batch_size=batch, lr=1e-4))
+        seconds = json.loads((out / "loss.json").read_text())["seconds_this_session"]
+        files = list(out.glob("*.safetensors")) if kind != "full" else list((out / "unet").glob("*.safetensors"))
+        size = min(f.stat().st_size for f in files)
+        trainable = _trainable(model, kind)
+    return {"case": f"sdtune {kind}", "trainable": trainable, "file_mb": size / 2**20, "steps_per_s": steps / seconds, "peak_mb": peak_rss_mb()}
+
+
+def _trainable(model: str, kind: str) -> int:
+    from sdtune.methods import DEFAULT_TARGETS, adapter_config
+    from sdtune.models.loading import load_pipeline
+
+    unet = load_pipeline(model).unet
+    if kind == "full":
+        return sum(p.numel() for p in unet.parameters())
+    unet.requires_grad_(False)
+    unet.add_adapter(adapter_config(kind, 4, 4.0, DEFAULT_TARGETS[kind]))
+    return sum(p.numel() for p in unet.parameters() if p.requires_grad)
+
+
+def run_reference(model: str, data: Path, steps: int, batch: int) -> dict:
+    """The diffusers example's step, at the same settings."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    from sdtune.data.folder import load_image, scan_folder
+    from sdtune.models.loading import load_pipeline
+
+    pipe = load_pipeline(model)
+    vae, text_encoder, unet, tokenizer = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
+    for m in (vae, text_encoder, unet):
+        m.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    examples = scan_folder(data)
+    resolution = unet.config.sample_size * pipe.vae_scale_factor
+    images = [load_image(e.image, resolution) for e in examples]  # decoded once; the example decodes every step
+    ids = tokenizer([e.caption for e in examples], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = rng.integers(0, len(examples), batch)
+        pixels = torch.from_numpy(np.stack([images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        pixels = torch.where(torch.rand(batch, 1, 1, 1) < 0.5, pixels.flip(-1), pixels)  # random flip
+        latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,))
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        hidden = text_encoder(ids[torch.from_numpy(idx)])[0]
+        loss = F.mse_loss(unet(noisy, t, hidden).sample.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    seconds = time.perf_counter() - start
+    return {"case": "diffusers example loop (lora)", "trainable": sum(p.numel() for p in params), "file_mb": float("nan"),
+            "steps_per_s": steps / seconds, "peak_mb": peak_rss_mb()}
+
+
+def one(case: str, model: str, data: str, steps: int, batch: int) -> None:
+    result = run_reference(model, Path(data), steps, batch) if case == "reference" else run_sdtune(case, model, Path(data), steps, batch)
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(args.one, args.model, args.data, args.steps, args.batch_size)
+        return
+
+    from sdtune.data import toyworld
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = toyworld.write_dataset(toyworld.sample_scenes(24, seed=1, styles=["striped"]), Path(tmp) / "data")
+        rows = []
+        for case in ("reference",) + KINDS:
+            cmd = [sys.executable, __file__, "--one", case, "--data", str(data), "--model", args.model,
+                   "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"{args.steps} steps, batch {args.batch_size}, model {args.model}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'case':<32}{'trainable':>12}{'file MB':>10}{'steps/s':>10}{'peak MB':>10}")
+    for r in rows:
+        print(f"{r['case']:<32}{r['trainable']:>12,}{r['file_mb']:>10.2f}{r['steps_per_s']:>10.2f}{r['peak_mb']:>10.0f}")
+    ratio = rows[1]["steps_per_s"] / rows[0]["steps_per_s"]
+    print(f"sdtune lora / diffusers example loop: {ratio:.2f}x steps/s (target >= {TARGET}x): {'met' if ratio >= TARGET else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Fine-tuning methods, one module each.
+
+| method | module | what is trained |
+|---|---|---|
+| LoRA, LoCon, DoRA | `lora.py` | a low-rank update B A of chosen layers (LoCon: convolutions too; DoRA: plus a magnitude) |
+| LoHa, LoKr | `lycoris.py` | a Hadamard or Kronecker product of small factors (the LyCORIS family) |
+| full fine-tuning | `full.py` | every weight of the UNet |
+
+`adapter_config(kind, ...)` returns the peft config of an adapter kind; the trainer (`sdtune.training`) adds
+it to the UNet and, if asked, the text encoder.
+"""
+
+from __future__ import annotations
+
+from peft import PeftConfig
+
+from .lora import LORA_KINDS, TARGET_PRESETS, lora_config
+from .lycoris import LYCORIS_KINDS, loha_config, lokr_config
+
+ADAPTER_KINDS = LORA_KINDS + LYCORIS_KINDS  # ("lora", "locon", "dora", "loha", "lokr")
+
+DEFAULT_TARGETS = {"lora": "attn", "dora": "attn", "locon": "attn-mlp-conv", "loha": "attn-mlp", "lokr": "attn-mlp"}
+
+
+def target_modules(preset: str, component: str) -> list[str]:
+    """Module-name suffixes a preset targets in the UNet or in a CLIP text encoder."""
+    if preset not in TARGET_PRESETS:
+        raise ValueError(f"Unknown target preset {preset!r}: choose one of {', '.join(TARGET_PRESETS)}.")
+    return TARGET_PRESETS[preset]["unet" if component == "unet" else "text_encoder"]
+
+
+def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: str = "unet") -> PeftConfig:
+    """The peft config of one adapter kind on one component ('unet' or 'text_encoder')."""
+    modules = target_modules(targets, component)
+    if kind in LORA_KINDS:
+        return lora_config(kind, rank, alpha, modules)
+    if kind == "loha":
+        return loha_config(rank, alpha, modules)
+    if kind == "lokr":
+        return lokr_config(rank, alpha, modules)
+    raise ValueError(f"Unknown adapter {kind!r}: choose one of {', '.join(ADAPTER_KINDS)}, or train full.")

@@ -1,0 +1,61 @@
+"""The SDXL wiring (two text encoders, pooled embedding, size/crop time ids) on tiny random SDXL components."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from sdtune.data import toyworld
+from sdtune.formats import load_adapter
+from sdtune.formats.adapters import remove_adapter
+from sdtune.models.tiny import SCHEDULER_CONFIG
+from sdtune.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_path):
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_path / "tokenizer")
+    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=len(tokenizer),
+                max_position_embeddings=tokenizer.model_max_length, projection_dim=32,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(block_out_channels=(16, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, sample_size=64)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)), text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def images(pipe):
+    return pipe("a striped red circle", num_inference_steps=2, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+def test_sdxl_lora_with_both_text_encoders_trains_and_loads_in_both_layouts(sdxl, tmp_path):
+    data = toyworld.write_dataset(toyworld.sample_scenes(4, seed=3, styles=["striped"]), tmp_path / "data")
+    out = train(TrainConfig(data=str(data), out=str(tmp_path / "xl"), steps=3, batch_size=2, lr=1e-2, train_text_encoder=True), pipe=sdxl)
+    kohya = load_file(out / "xl.safetensors")
+    assert {k.split("_")[1] for k in kohya} == {"unet", "te1", "te2"}
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in kohya)
+    diffusers_keys = load_file(out / "pytorch_lora_weights.safetensors")
+    assert {k.split(".")[0] for k in diffusers_keys} == {"unet", "text_encoder", "text_encoder_2"}
+
+    base = images(sdxl)
+    sdxl.load_lora_weights(out)
+    a = images(sdxl)
+    sdxl.unload_lora_weights()
+    load_adapter(sdxl, out / "xl.safetensors", "k")
+    b = images(sdxl)
+    remove_adapter(sdxl, "k")
+    assert abs(a - base).max() > 1e-4
+    assert abs(a - b).max() < 1e-5
