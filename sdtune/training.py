@@ -393,7 +393,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_results(cfg, pipe, accelerator.unwrap_model(unet_ddp), out, losses, time.time() - start, start_step,
-                       accelerator.num_processes)
+                       accelerator.num_processes, resolution)
     accelerator.wait_for_everyone()
     return out
 
@@ -413,7 +413,7 @@ def _validation_image(pipe, cfg: TrainConfig, path: Path, trained: tuple) -> Non
 
 
 def _write_results(cfg: TrainConfig, pipe, unet, out: Path, losses: list[float], seconds: float, start_step: int,
-                   processes: int) -> None:
+                   processes: int, resolution: int) -> None:
     """Stage every result file, carry over checkpoints and validation images, and swap the folder in at once."""
     with staged_folder(out) as tmp:
         if cfg.adapter == "full":
@@ -421,8 +421,7 @@ def _write_results(cfg: TrainConfig, pipe, unet, out: Path, losses: list[float],
         else:
             meta = kohya_metadata(cfg.adapter, cfg.rank, cfg.resolved_alpha, _base_model_version(pipe),
                                   {"ss_steps": cfg.steps, "ss_learning_rate": cfg.lr, "ss_output_name": out.name,
-                                   "ss_resolution": f"({pipe.unet.config.sample_size * pipe.vae_scale_factor}, "
-                                                    f"{pipe.unet.config.sample_size * pipe.vae_scale_factor})"})
+                                   "ss_resolution": f"({resolution}, {resolution})"})
             save_adapter(pipe, tmp, ADAPTER, cfg.adapter, out.name, meta)
         (tmp / "training_config.json").write_text(json.dumps(asdict(cfg) | {"targets": cfg.resolved_targets, "alpha": cfg.resolved_alpha}, indent=1))
         (tmp / "loss.json").write_text(json.dumps({"loss": losses, "seconds_this_session": seconds, "resumed_at_step": start_step, "processes": processes}))

@@ -6,9 +6,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, U
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from adapter_images import through_both_layouts
 from sdtune.data import toyworld
-from sdtune.formats import load_adapter
-from sdtune.formats.adapters import remove_adapter
 from sdtune.models.tiny import SCHEDULER_CONFIG
 from sdtune.training import TrainConfig, train
 
@@ -51,11 +50,6 @@ def test_sdxl_lora_with_both_text_encoders_trains_and_loads_in_both_layouts(sdxl
     assert {k.split(".")[0] for k in diffusers_keys} == {"unet", "text_encoder", "text_encoder_2"}
 
     base = images(sdxl)
-    sdxl.load_lora_weights(out)
-    a = images(sdxl)
-    sdxl.unload_lora_weights()
-    load_adapter(sdxl, out / "xl.safetensors", "k")
-    b = images(sdxl)
-    remove_adapter(sdxl, "k")
+    a, b = through_both_layouts(sdxl, out, out / "xl.safetensors", images)
     assert abs(a - base).max() > 1e-4
     assert abs(a - b).max() < 1e-5

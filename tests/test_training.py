@@ -6,6 +6,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from adapter_images import through_both_layouts
 from sdtune.data import toyworld
 from sdtune.formats import load_adapter
 from sdtune.formats.adapters import remove_adapter
@@ -43,12 +44,7 @@ def test_lora_files_load_in_plain_diffusers_and_kohya_layout_gives_the_same_imag
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
 
     base = images(tiny_pipe)
-    tiny_pipe.load_lora_weights(out)  # plain diffusers
-    adapted = images(tiny_pipe)
-    tiny_pipe.unload_lora_weights()
-    load_adapter(tiny_pipe, out / "lora.safetensors", "k")  # the kohya file
-    from_kohya = images(tiny_pipe)
-    remove_adapter(tiny_pipe, "k")
+    adapted, from_kohya = through_both_layouts(tiny_pipe, out, out / "lora.safetensors", images)  # plain diffusers, kohya
     assert abs(adapted - base).max() > 1e-3
     assert abs(from_kohya - adapted).max() < 1e-5
     assert abs(images(tiny_pipe) - base).max() < 1e-6, "removing the adapter restores the base model"
@@ -78,12 +74,7 @@ def test_text_encoder_adapter_goes_into_both_layouts(tiny_pipe, striped_folder, 
     assert not getattr(tiny_pipe.text_encoder, "peft_config", None)
     assert any(k.startswith("text_encoder.") for k in load_file(out / "pytorch_lora_weights.safetensors"))
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj") for k in load_file(out / "te.safetensors"))
-    tiny_pipe.load_lora_weights(out)
-    a = images(tiny_pipe)
-    tiny_pipe.unload_lora_weights()
-    load_adapter(tiny_pipe, out / "te.safetensors", "k")
-    b = images(tiny_pipe)
-    remove_adapter(tiny_pipe, "k")
+    a, b = through_both_layouts(tiny_pipe, out, out / "te.safetensors", images)
     assert abs(a - b).max() < 1e-5
 
 

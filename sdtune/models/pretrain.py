@@ -170,6 +170,11 @@ def _gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
 
 
+def pixel_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 + L2 + 0.5 image-gradient L1: the pixel part of both VAE stages' losses."""
+    return F.l1_loss(recon, x) + F.mse_loss(recon, x) + 0.5 * _gradient_l1(recon, x)
+
+
 def perceptual_distance(net: Judge, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """LPIPS-style distance (Zhang et al. 2018) with a toy-world classifier in place of VGG:
     d(a, b) = mean_l mean_{h,w} || f_l(a) / |f_l(a)| - f_l(b) / |f_l(b)| ||^2, f_l: layer l's features, normalised over channels.
@@ -201,7 +206,7 @@ def train_vae(cfg: PretrainConfig, log: dict, judge: Judge, perceptual: Judge):
         x = (images[torch.randint(0, len(images), (cfg.vae_batch,), generator=gen)] * 2 - 1).contiguous(memory_format=torch.channels_last)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 0.5 * _gradient_l1(recon, x)
+        rec = pixel_loss(recon, x)
         perc = perceptual_distance(perceptual, recon, x)  # its convolutions read [-1, 1], as the VAE does
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
         loss = rec + cfg.perceptual_weight * perc + cfg.kl_weight * kl
@@ -262,7 +267,7 @@ def refine_decoder(cfg: PretrainConfig, log: dict, vae, judge: Judge, perceptual
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=gen)
         recon = vae.decode(z).sample
-        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 0.5 * _gradient_l1(recon, x)
+        rec = pixel_loss(recon, x)
         perc = perceptual_distance(perceptual, recon, x)
         logits = perceptual((recon + 1) / 2)
         sem = sum(F.cross_entropy(logits[k], labels[k][idx], ignore_index=-1) for k in logits)
