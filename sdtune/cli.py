@@ -93,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     fixed = {"adapter": "full"} if args.method == "full" else {}
     out = train(config_from_args(TrainConfig, args, **fixed))
-    print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one line for the whole run
+        print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

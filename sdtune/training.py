@@ -379,6 +379,8 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
         if accelerator.num_processes > 1:
             for p in te_params:
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
+            # log the loss of the whole global batch, as a single process would
+            total = float(accelerator.reduce(torch.tensor(total, device=device), reduction="mean"))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

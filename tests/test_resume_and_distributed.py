@@ -1,4 +1,4 @@
-"""Checkpoints survive `kill -9` exactly."""
+"""Checkpoints survive `kill -9` exactly; `accelerate launch` runs the trainer data-parallel."""
 
 import json
 import os
@@ -76,3 +76,23 @@ def _one_checkpoint(tiny_path, folder, tmp_path):
     a[a.index("--out") + 1] = str(tmp_path / "c")
     cli(a)
     return tmp_path / "c" / "checkpoints" / "step-0000010"
+
+
+def test_accelerate_launch_trains_with_two_processes(tiny_path, folder, tmp_path):
+    """Two CPU processes (gloo): DDP averages the gradients, each process draws its own batches."""
+    out = tmp_path / "ddp"
+    env = dict(single_thread_env(), ACCELERATE_USE_CPU="1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdtune"]
+    train = args(tiny_path, folder, out)
+    train[train.index("--steps") + 1] = "4"
+    done = subprocess.run([*launch, *train], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1, "only the main process reports"
+    log = json.loads((out / "loss.json").read_text())
+    assert log["processes"] == 2 and len(log["loss"]) == 4
+
+    sdtune(*args(tiny_path, folder, tmp_path / "one"), "--steps", "4")
+    two, one = load_file(out / "pytorch_lora_weights.safetensors"), load_file(tmp_path / "one" / "pytorch_lora_weights.safetensors")
+    assert two.keys() == one.keys()
+    assert any(not torch.equal(two[k], one[k]) for k in two), "the second process's batches must change the update"

@@ -164,20 +164,28 @@ def background_image(name: str, rgb: tuple[int, int, int] | None = None) -> np.n
     raise ValueError(f"Unknown background {name!r}: choose one of {', '.join(BACKGROUNDS)}.")
 
 
+# Pattern scales. A Stable Diffusion VAE keeps one latent vector per 8x8 pixel cell. A pattern whose period
+# does not fit that grid must be encoded anew in every cell, and the tiny VAE could not: diagonal stripes
+# 6 px apart came back as a plain fill in 58% of images. These periods are multiples of the cell.
+STRIPE_PERIOD = 16.0  # pixels along x (or y) from one stripe to the next: 11.3 px measured across them
+DOT_SPACING = 8.0
+
+
 def style_alpha(style: str, sdf: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """How much of the object's colour covers each pixel, for a given style."""
     inside = _coverage(sdf)
     if style in ("flat", "shaded"):
         return inside
-    if style == "outlined":  # a 3-pixel band on the edge
-        return _coverage(np.abs(sdf + 1.5) - 1.5)
-    if style == "striped":  # diagonal stripes, period 6 px
-        stripes = np.clip(2.0 * np.abs(((xs + ys) / 6.0) % 1.0 - 0.5) * 3 - 0.75, 0, 1)
-        return inside * np.maximum(stripes, _coverage(np.abs(sdf + 1.0) - 1.0))
-    if style == "dotted":  # dots on a 6 px grid, plus a thin rim so the shape stays readable
-        dx, dy = (xs % 6.0) - 3.0, (ys % 6.0) - 3.0
-        dots = _coverage(np.hypot(dx, dy) - 1.8)
-        return inside * np.maximum(dots, _coverage(np.abs(sdf + 1.0) - 1.0))
+    if style == "outlined":  # a 4-pixel band on the edge
+        return _coverage(np.abs(sdf + 2.0) - 2.0)
+    rim = _coverage(np.abs(sdf + 1.0) - 1.0)  # a thin rim keeps the shape readable
+    if style == "striped":  # diagonal stripes, half of each period filled
+        across = ((xs + ys) / STRIPE_PERIOD) % 1.0  # position across a stripe period, in [0, 1)
+        distance = np.abs(across - 0.5) * STRIPE_PERIOD / math.sqrt(2)  # pixels from a stripe's centre line
+        return inside * np.maximum(_coverage(distance - STRIPE_PERIOD / (4 * math.sqrt(2))), rim)
+    if style == "dotted":  # dots of radius 2.2 px, one per latent cell
+        dx, dy = (xs % DOT_SPACING) - DOT_SPACING / 2, (ys % DOT_SPACING) - DOT_SPACING / 2
+        return inside * np.maximum(_coverage(np.hypot(dx, dy) - 2.2), rim)
     raise ValueError(f"Unknown style {style!r}: choose one of {', '.join(STYLES)}.")
 
 

@@ -1,14 +1,16 @@
 """Pretrain the tiny Stable Diffusion and its judge on the toy world, reproducibly, on a CPU.
 
-    python -m sdtune.models.pretrain --out sdtune/assets            # the shipped run (about 90 min, 2 cores)
+    python -m sdtune.models.pretrain --out sdtune/assets            # every stage (about 2 hours, 2 cores)
     python -m sdtune.models.pretrain --out /tmp/t --quick            # a smoke run in seconds (the tests use it)
 
 Stages, each seeded:
 1. tokenizer: a byte-level BPE vocabulary in CLIP's format (`tokenizer.py`);
 2. judge: a classifier of every toy-world attribute, base and novel (`evaluation/judge.py`);
 3. VAE: trained like SD's on *everything*: base and novel concepts and broad random images, with an L1 +
-   L2 + image-gradient reconstruction loss and a small KL term; then its latents are standardised per
-   channel (`tiny.bake_latent_normalization`);
+   L2 + image-gradient reconstruction loss, an LPIPS-style perceptual term through a second small classifier
+   and a small KL term; its latents are standardised per channel (`tiny.bake_latent_normalization`); then
+   its decoder is refined with the encoder frozen (`refine_decoder`; `--decoder-init` runs only this stage,
+   with a new judge, on a finished run);
 4. text encoder + UNet, from scratch, on base concepts only: the usual epsilon-prediction loss on cached
    VAE latents, min-SNR weighting, 10% caption dropout (for classifier-free guidance) and partial captions
    ("a red shape", "a circle"), with an exponential moving average of the weights.
@@ -72,6 +74,9 @@ class PretrainConfig:
     eval_images: int = option("Images per kind for the judge and VAE measurements.", 600)
     unet_init: str = option("A tiny-sd folder whose text encoder + UNet to continue training ('' = from scratch).", "")
     resume_stages: bool = option("Reuse the judge and VAE an interrupted run left in --out/stages.", False)
+    decoder_init: str = option(
+        "A finished run's tiny-sd folder to continue: train a new judge and refine its VAE decoder on the current "
+        "toy world for --decoder-steps, keeping its encoder, text encoder and UNet ('' = train every stage).", "")
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -147,6 +152,12 @@ def train_judge(cfg: PretrainConfig, log: dict, steps: int, seed: int, width: in
     log[name] = {"steps": steps, "width": width, "minutes": (time.time() - start) / 60, "accuracy_fresh_images": acc}
     print(f"{name} accuracy on fresh images:", acc)
     return judge
+
+
+def save_judge(judge: Judge, out: Path, log: dict) -> None:
+    """The judge ships with its own training log beside its weights."""
+    judge.save(out / "judge")
+    (out / "judge" / "train_log.json").write_text(json.dumps(log["judge"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -405,7 +416,7 @@ def judge_and_vae(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, Aut
         log["judge"] = json.loads((stages / "judge_log.json").read_text())
     else:
         judge = train_judge(cfg, log, cfg.judge_steps, cfg.seed)
-        judge.save(out / "judge")
+        save_judge(judge, out, log)
         stages.mkdir(exist_ok=True)
         (stages / "judge_log.json").write_text(json.dumps(log["judge"]))
     if cfg.resume_stages and (stages / "vae_refined" / "config.json").is_file():
@@ -427,6 +438,20 @@ def judge_and_vae(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, Aut
     return judge, vae
 
 
+def continue_decoder(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, StableDiffusionPipeline]:
+    """A new judge and perceptual network on the current toy world, then `refine_decoder` on a finished
+    run's VAE: how a change of the toy world's renderings reaches a shipped model without retraining its UNet."""
+    source = Path(cfg.decoder_init)
+    log["continued_from"] = json.loads((source.parent / "pretrain_log.json").read_text())
+    judge = train_judge(cfg, log, cfg.judge_steps, cfg.seed)
+    save_judge(judge, out, log)
+    perceptual = perceptual_network(cfg, log)
+    pipe = StableDiffusionPipeline.from_pretrained(source, dtype=torch.float32)
+    log["vae_before_refinement"] = evaluate_vae(pipe.vae, judge, cfg.seed + 4, cfg.eval_images)
+    pipe.vae = refine_decoder(cfg, log, pipe.vae, judge, perceptual)
+    return judge, pipe
+
+
 def main(cfg: PretrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -438,8 +463,13 @@ def main(cfg: PretrainConfig) -> dict:
     tokenizer = tiny.new_tokenizer(vocab_dir)
     log["tokenizer"] = {"vocab_size": len(tokenizer)}
 
-    judge, vae = judge_and_vae(cfg, out, log)
-    unet, text_encoder = train_unet(cfg, log, vae, tokenizer)
+    if cfg.decoder_init:  # the encoder is kept, so the latent space and with it the UNet stay valid
+        judge, pipe = continue_decoder(cfg, out, log)
+        unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        vocab_dir = Path(cfg.decoder_init) / "tokenizer"
+    else:
+        judge, vae = judge_and_vae(cfg, out, log)
+        unet, text_encoder = train_unet(cfg, log, vae, tokenizer)
 
     # Ship UNet and VAE weights in fp16 (diffusers loads them back as fp32); evaluate what is shipped.
     pipe = tiny.assemble_pipeline(copy.deepcopy(unet).half(), copy.deepcopy(vae).half(), text_encoder, tokenizer)
