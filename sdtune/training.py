@@ -361,7 +361,8 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
     for m in (unet_ddp, *text_encoders):
         m.train()
     start = time.time()
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.adapter,
+    # at most one display update a second: a notebook receives each update as a message
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.adapter, mininterval=1.0,
                disable=not accelerator.is_main_process)
     for step in bar:
         total = 0.0
@@ -385,7 +386,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
         scheduler.step()
         optimizer.zero_grad()
         losses.append(total)
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
         done = step + 1
         if accelerator.is_main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             save_checkpoint(out, done, named, optimizer, scheduler, gen, losses, cfg)
