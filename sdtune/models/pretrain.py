@@ -459,17 +459,16 @@ def main(cfg: PretrainConfig) -> dict:
     log: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads()}
     start = time.time()
 
-    vocab_dir = out / "stages" / "tokenizer"
-    tokenizer = tiny.new_tokenizer(vocab_dir)
-    log["tokenizer"] = {"vocab_size": len(tokenizer)}
-
     if cfg.decoder_init:  # the encoder is kept, so the latent space and with it the UNet stay valid
         judge, pipe = continue_decoder(cfg, out, log)
         unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
         vocab_dir = Path(cfg.decoder_init) / "tokenizer"
     else:
+        vocab_dir = out / "stages" / "tokenizer"
+        tokenizer = tiny.new_tokenizer(vocab_dir)
         judge, vae = judge_and_vae(cfg, out, log)
         unet, text_encoder = train_unet(cfg, log, vae, tokenizer)
+    log["tokenizer"] = {"vocab_size": len(tokenizer)}
 
     # Ship UNet and VAE weights in fp16 (diffusers loads them back as fp32); evaluate what is shipped.
     pipe = tiny.assemble_pipeline(copy.deepcopy(unet).half(), copy.deepcopy(vae).half(), text_encoder, tokenizer)
