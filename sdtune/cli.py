@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from PIL import Image
@@ -43,7 +44,10 @@ def _parse_lora(spec: str) -> tuple[str, float]:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from .composition import compose
     from .formats import load_adapter
+    from .methods.hypernetwork import load_hypernetwork
+    from .methods.textual_inversion import load_embedding
     from .models.loading import load_pipeline
     from .sampling import image_grid, sample
 
@@ -54,15 +58,24 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {out}: name an image file ending in {', '.join(IMAGE_SUFFIXES)}.")
     if args.num_images <= 0 or args.steps <= 0:
         raise ValueError(f"--num-images and --steps must be positive, got {args.num_images} and {args.steps}.")
+    if args.method in ("switch", "composite") and len(args.lora or []) < 2:
+        raise ValueError(f"--method {args.method} combines several LoRAs: give --lora at least twice.")
     loras = [_parse_lora(spec) for spec in args.lora or []]
-    for path, _ in loras:
+    for option, path in [("--lora", p) for p, _ in loras] + [("--embedding", e.partition(":")[0]) for e in args.embedding or []] + (
+            [("--hypernetwork", _parse_lora(args.hypernetwork)[0])] if args.hypernetwork else []):
         if not Path(path).exists():
-            raise FileNotFoundError(f"--lora {path}: no such file or folder (a LoRA folder or .safetensors file).")
+            raise FileNotFoundError(f"{option} {path}: no such file or folder (a training output folder or .safetensors file).")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    for i, (path, scale) in enumerate(loras):  # diffusers or kohya layout; LoHa/LoKr too
-        load_adapter(pipe, path, adapter_name=f"lora{i}", scale=scale, allow_pickle=args.allow_pickle)
-    images = sample(pipe, [args.prompt] * args.num_images, args.steps, args.guidance, seed=args.seed)
+    names = [load_adapter(pipe, path, f"lora{i}", allow_pickle=args.allow_pickle) for i, (path, _) in enumerate(loras)]
+    for spec in args.embedding or []:
+        path, _, token = spec.partition(":")
+        load_embedding(pipe, path, token or None)
+    if args.hypernetwork:
+        path, strength = _parse_lora(args.hypernetwork)
+        load_hypernetwork(pipe.unet, path, strength)
+    with compose(pipe, names, args.method, [scale for _, scale in loras], args.switch_step) if names else nullcontext({}) as extra:
+        images = sample(pipe, [args.prompt] * args.num_images, args.steps, args.guidance, seed=args.seed, **extra)
     _atomic_save(image_grid(images), out, args.overwrite)
     print(f"wrote {out} ({len(images)} image(s) for {args.prompt!r})")
 
@@ -89,10 +102,14 @@ def cmd_toy_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training import TrainConfig, train
+    from .training import DreamBoothConfig, HypernetworkConfig, TextualInversionConfig, TrainConfig, train
 
-    fixed = {"adapter": "full"} if args.method == "full" else {}
-    out = train(config_from_args(TrainConfig, args, **fixed))
+    if args.method == "dreambooth":
+        cfg = config_from_args(DreamBoothConfig, args, adapter="lora" if args.lora else "full")
+    else:
+        cls = {"textual-inversion": TextualInversionConfig, "hypernetwork": HypernetworkConfig}.get(args.method, TrainConfig)
+        cfg = config_from_args(cls, args, **({"adapter": "full"} if args.method == "full" else {}))
+    out = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one line for the whole run
         print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
@@ -108,6 +125,35 @@ def cmd_convert(args: argparse.Namespace) -> None:
         raise ValueError(f"{dst}: the converted file must end in .safetensors.")
     layout = convert_file(load_pipeline(args.model), src, dst, args.to, allow_pickle=args.allow_pickle)
     print(f"wrote {dst} ({layout} layout)")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from safetensors.torch import save_file
+
+    from .algebra import combine
+    from .formats.adapters import kohya_tensors, load_adapter
+    from .formats.kohya import kohya_metadata
+    from .io import staged_file
+    from .models.loading import load_pipeline
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite.")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: the merged LoRA is written as a .safetensors file.")
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(args.loras)
+    for path in args.loras:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such LoRA file or folder.")
+    pipe = load_pipeline(args.model)  # the base model resolves either layout's layer names
+    names = [load_adapter(pipe, path, f"lora{i}", allow_pickle=args.allow_pickle) for i, path in enumerate(args.loras)]
+    loras = [kohya_tensors(pipe, name) for name in names]
+    tensors, errors = combine(loras, weights, args.method, args.rank, args.density, args.seed)
+    rank = max(v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight"))
+    meta = kohya_metadata("lora", rank, float(rank), "unknown", {"ss_training_comment": f"sdtune merge {args.method} of {len(loras)} LoRAs"})
+    with staged_file(out) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    print(f"wrote {out} (kohya layout, rank {rank}; largest relative error against the exact weighted sum: {max(errors.values()):.3g})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -154,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny", help="'tiny', a pipeline folder or a hub id")
     p.add_argument("--prompt", required=True, help="the text prompt, e.g. 'a red circle on a white background'")
     p.add_argument("--lora", action="append", metavar="PATH[:SCALE]", help="LoRA folder or file, repeatable; scale default 1")
+    p.add_argument("--method", choices=["merge", "switch", "composite"], default="merge",
+                   help="how several LoRAs combine: merge (weights added), switch (one per step, in turn), composite "
+                        "(every LoRA's prediction averaged, one batched UNet call); default merge")
+    p.add_argument("--switch-step", type=int, default=1, help="switch: denoising steps before the next LoRA (default 1)")
+    p.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
+                   help="Textual Inversion embedding (folder or .safetensors), repeatable; TOKEN names a kohya/A1111 file's word")
+    p.add_argument("--hypernetwork", metavar="PATH[:STRENGTH]", help="hypernetwork folder or hypernetwork.safetensors; strength default 1")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -182,14 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_toy_data)
 
-    from .training import TrainConfig
+    from .training import DreamBoothConfig, HypernetworkConfig, TextualInversionConfig, TrainConfig
 
     train = sub.add_parser("train", help="train an adapter or the whole UNet").add_subparsers(dest="method", required=True, metavar="METHOD")
     p = train.add_parser("lora", help="train a LoRA, LoCon, DoRA, LoHa or LoKr adapter (--adapter) on a folder of captioned images")
     add_config_options(p, TrainConfig, required=("data", "out"))
     p.set_defaults(func=cmd_train)
     p = train.add_parser("full", help="fine-tune every UNet weight (the baseline adapters are compared with)")
-    add_config_options(p, TrainConfig, required=("data", "out"), exclude=("adapter", "rank", "alpha", "targets", "train_text_encoder"))
+    not_adapters = ("adapter", "rank", "alpha", "targets", "train_text_encoder")
+    add_config_options(p, TrainConfig, required=("data", "out"), exclude=not_adapters)
+    p.set_defaults(func=cmd_train)
+    p = train.add_parser("dreambooth", help="DreamBooth: a subject under a rare identifier, with prior preservation (whole UNet, or --lora)")
+    add_config_options(p, DreamBoothConfig, required=("data", "out", "instance_prompt"), exclude=("adapter",))
+    p.add_argument("--lora", action="store_true", help="DreamBooth-LoRA: train a LoRA instead of the whole UNet")
+    p.set_defaults(func=cmd_train)
+    p = train.add_parser("textual-inversion", help="Textual Inversion: learn the embedding of a new token")
+    add_config_options(p, TextualInversionConfig, required=("data", "out", "token", "init_word"), exclude=not_adapters)
+    p.set_defaults(func=cmd_train)
+    p = train.add_parser("hypernetwork", help="a WebUI-style hypernetwork: residual MLPs on the cross-attention's K and V inputs")
+    add_config_options(p, HypernetworkConfig, required=("data", "out"), exclude=not_adapters)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("convert", help="convert an adapter file between the diffusers and kohya/A1111/ComfyUI layouts")
@@ -200,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt files (pickle: only from a source you trust)")
     p.add_argument("--overwrite", action="store_true", help="replace dst if it exists")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("merge", help="combine LoRA files into one: linear, cat (exact), svd, ties or dare (kohya-layout output)")
+    p.add_argument("loras", nargs="+", help="LoRA files or folders (diffusers or kohya layout, LoRA/LoCon)")
+    p.add_argument("--weights", help="comma-separated, one per LoRA (default 1 each); 1,-1 gives the difference A - B")
+    p.add_argument("--method", choices=["linear", "cat", "svd", "ties", "dare"], default="cat", help="default cat: exact, rank = sum of ranks")
+    p.add_argument("--rank", type=int, help="target rank for svd, ties and dare")
+    p.add_argument("--model", default="tiny", help="the base model the LoRAs belong to (default tiny)")
+    p.add_argument("--density", type=float, default=0.5, help="ties/dare: fraction of each update kept (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="dare's random drop (default 0)")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt files (pickle: only from a source you trust)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("pretrain", help="retrain the tiny model and judge (python -m sdtune.models.pretrain --help)", add_help=False)
     p.add_argument("pretrain_args", nargs=argparse.REMAINDER)

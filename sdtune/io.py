@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import torch
+from safetensors import SafetensorError, safe_open
+
 ASSETS = Path(__file__).resolve().parent / "assets"  # shipped weights: judge/, tiny-sd/
 
 
@@ -61,3 +64,18 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_safetensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a .safetensors file; anything else, or a damaged file, is one clear error."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: sdtune reads {what}s from .safetensors files (.pt/.bin/.ckpt files are pickles, which can run code).")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({error}). It may be truncated by an interrupted "
+            "download or copy: fetch it again."
+        ) from None

@@ -14,7 +14,7 @@ def run(*args):
 def test_help_lists_the_subcommands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("demo", "sample", "eval", "toy-data", "train", "convert", "pretrain", "info"):
+    for command in ("demo", "sample", "eval", "toy-data", "train", "convert", "merge", "pretrain", "info"):
         assert command in result.stdout
 
 
@@ -44,11 +44,43 @@ def test_toy_data_then_train_lora_from_the_command_line(tiny_path, tmp_path):
     main(["train", "lora", "--adapter", "loha", "--model", str(tiny_path), "--data", str(tmp_path / "d"),
           "--out", str(tmp_path / "h"), "--steps", "2", "--batch-size", "2", "--lr", "1e-2"])
     main(["sample", "--model", str(tiny_path), "--prompt", "a dotted star", "--steps", "2",
-          "--lora", f"{tmp_path / 'h' / 'h.safetensors'}:0.8", "--lora", str(tmp_path / "l"), "--out", str(tmp_path / "s.png")])
+          "--lora", f"{tmp_path / 'h' / 'h.safetensors'}:0.8", "--lora", str(tmp_path / "l"), "--method", "switch",
+          "--out", str(tmp_path / "s.png")])
     assert Image.open(tmp_path / "s.png").size == (64, 64)
+    main(["merge", str(tmp_path / "l"), str(tmp_path / "l" / "l.safetensors"), "--weights", "1,-1", "--model", str(tiny_path),
+          "--out", str(tmp_path / "zero.safetensors")])
+    from safetensors.torch import load_file
+
+    from sdtune.algebra import layer_delta
+    from sdtune.formats.kohya import group_kohya_layers
+
+    assert all(layer_delta(layer).abs().max() < 1e-6 for layer in group_kohya_layers(load_file(tmp_path / "zero.safetensors")).values()), \
+        "a LoRA minus itself (diffusers file - kohya file) is zero"
     main(["train", "full", "--model", str(tiny_path), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "f"),
           "--steps", "1", "--batch-size", "2"])
     assert (tmp_path / "f" / "model_index.json").is_file() and (tmp_path / "f" / "unet").is_dir()
+
+
+def test_dreambooth_textual_inversion_and_hypernetwork_from_the_command_line(tiny_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDTUNE_CACHE", str(tmp_path / "cache"))
+    main(["toy-data", "--out", str(tmp_path / "d"), "--n", "3", "--shapes", "star", "--colours", "yellow"])
+    for txt in (tmp_path / "d").glob("*.txt"):
+        txt.write_text("a yellow <star> on a white background")
+    tiny, data = ["--model", str(tiny_path), "--data", str(tmp_path / "d")], ["--steps", "1", "--batch-size", "2"]
+    main(["train", "dreambooth", "--lora", *tiny, "--out", str(tmp_path / "db"), "--instance-prompt", "a sks diamond",
+          "--class-prompt", "a diamond", "--num-class-images", "2", *data])
+    assert (tmp_path / "db" / "pytorch_lora_weights.safetensors").is_file()
+    assert len(list((tmp_path / "cache" / "class-images").glob("*/class-*.png"))) == 2
+    main(["train", "textual-inversion", *tiny, "--out", str(tmp_path / "ti"), "--token", "<star>", "--init-word", "star", *data])
+    main(["train", "hypernetwork", *tiny, "--out", str(tmp_path / "hn"), *data])
+    main(["sample", "--model", str(tiny_path), "--prompt", "a <star> on a black background", "--steps", "2", "--embedding",
+          str(tmp_path / "ti"), "--hypernetwork", f"{tmp_path / 'hn'}:0.5", "--lora", str(tmp_path / "db"), "--out", str(tmp_path / "s.png")])
+    assert Image.open(tmp_path / "s.png").size == (64, 64)
+
+
+def test_dreambooth_without_class_prompt_is_one_clear_error(tmp_path):
+    result = run("train", "dreambooth", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--instance-prompt", "a sks toy")
+    assert result.returncode == 2 and "needs --class-prompt" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_train_full_has_no_adapter_options():
@@ -78,6 +110,7 @@ def test_demo_writes_its_grid_scores_and_lora(tiny_path, tmp_path, capsys):
         (["--out", "x.txt"], "name an image file"),
         (["--out", "x.png", "--steps", "0"], "must be positive"),
         (["--out", "x.png", "--lora", "missing-lora:0.5"], "--lora missing-lora: no such file"),
+        (["--out", "x.png", "--lora", "one", "--method", "composite"], "give --lora at least twice"),
     ],
 )
 def test_sample_refuses_bad_options_before_loading_anything(tmp_path, monkeypatch, capsys, args, message):

@@ -23,10 +23,9 @@ from diffusers.utils.peft_utils import recurse_remove_peft_layers
 from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..io import staged_file
+from ..io import read_safetensors, staged_file
 from . import kohya
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
@@ -81,18 +80,10 @@ def read_adapter_file(path: str | Path, allow_pickle: bool = False) -> tuple[dic
             )
         tensors = torch.load(path, map_location="cpu", weights_only=True)
         return dict(tensors.get("state_dict", tensors)), {}
-    if path.suffix != ".safetensors":
-        raise AdapterFileError(f"{path}: adapter files are .safetensors files.")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AdapterFileError(
-            f"{path} is not a readable safetensors file ({error}). It may be truncated by an interrupted "
-            "download or copy: fetch it again."
-        ) from None
-    return tensors, metadata
+        return read_safetensors(path, "adapter file")
+    except ValueError as error:
+        raise AdapterFileError(str(error)) from None
 
 
 def layout_of(tensors: dict[str, torch.Tensor]) -> str:

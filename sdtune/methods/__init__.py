@@ -4,7 +4,10 @@
 |---|---|---|
 | LoRA, LoCon, DoRA | `lora.py` | a low-rank update B A of chosen layers (LoCon: convolutions too; DoRA: plus a magnitude) |
 | LoHa, LoKr | `lycoris.py` | a Hadamard or Kronecker product of small factors (the LyCORIS family) |
-| full fine-tuning | `full.py` | every weight of the UNet |
+| DreamBooth | `dreambooth.py` | the whole UNet or a LoRA, on a subject plus generated class images (prior preservation) |
+| Textual Inversion | `textual_inversion.py` | the embedding rows of one new token |
+| Hypernetwork | `hypernetwork.py` | residual MLPs on the attention's K and V inputs |
+| full fine-tuning | (`sdtune.training`) | every weight of the UNet |
 
 `adapter_config(kind, ...)` returns the peft config of an adapter kind; the trainer (`sdtune.training`) adds
 it to the UNet and, if asked, the text encoder.

@@ -1,0 +1,141 @@
+"""Several LoRAs in one image: merge, switch and composite (Zhong et al. 2024, "Multi-LoRA Composition").
+
+With n LoRAs loaded as named adapters, each denoising step can use them in three ways:
+
+- merge:     one UNet with every update added, W' = W + sum_i w_i (alpha_i / r_i) B_i A_i; one pass per step.
+             Cheap, but the updates interfere: each LoRA is diluted by the others.
+- switch:    one LoRA at a time, the next every `switch_step` steps (step k uses LoRA floor(k / switch_step) mod n),
+             through the pipeline's `callback_on_step_end`. One pass per step; each LoRA acts on part of the path.
+- composite: every LoRA predicts the noise separately and the predictions are averaged, separately for the
+             unconditional and the conditional half, before guidance:
+                 eps_u = 1/n sum_i eps_i(z_t, empty),  eps_c = 1/n sum_i eps_i(z_t, prompt)
+                 eps   = eps_u + g (eps_c - eps_u)
+             n predictions per step, made here in ONE batched UNet call: the batch is repeated n times and every
+             LoRA layer applies adapter i to its i-th copy (peft's mixed-adapter batches).
+
+`compose(pipe, names, method)` is a context manager for any diffusers SD or SDXL pipeline; it yields the extra
+keyword arguments the pipeline call needs (switch's callback), and restores the pipeline's adapters after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from .formats.adapters import set_adapter_scale
+
+METHODS = ("merge", "switch", "composite")
+
+
+def loaded_adapters(pipe) -> list[str]:
+    """Names of the adapters loaded in the pipeline's UNet."""
+    return list(getattr(pipe.unet, "peft_config", {}))
+
+
+def check_composition(pipe, names: Sequence[str], method: str, weights: Sequence[float] | None) -> list[float]:
+    """Validate a composition request before any sampling; returns the weights (default 1 each)."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown composition method {method!r}: choose one of {', '.join(METHODS)}.")
+    if not names:
+        raise ValueError("compose() needs at least one adapter name.")
+    if method in ("switch", "composite") and len(names) < 2:
+        raise ValueError(f"{method} alternates or averages several LoRAs: give at least two (one LoRA alone: use merge).")
+    missing = [n for n in names if n not in loaded_adapters(pipe)]
+    if missing:
+        raise ValueError(f"No adapter named {', '.join(missing)} in the pipeline (loaded: {', '.join(loaded_adapters(pipe)) or 'none'}).")
+    weights = [1.0] * len(names) if weights is None else list(weights)
+    if len(weights) != len(names):
+        raise ValueError(f"{len(weights)} weights for {len(names)} LoRAs: give one weight per LoRA.")
+    if method == "composite":
+        mixed = [type(m).__name__ for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer) and not isinstance(m, LoraLayer)]
+        if mixed:
+            raise ValueError(f"composite batches LoRA-family adapters; this UNet also holds {mixed[0]} layers (LoHa/LoKr): use merge or switch.")
+    return weights
+
+
+@contextlib.contextmanager
+def adapter_per_item(unet, names: list[str]) -> Iterator[None]:
+    """Within the block, every LoRA layer of `unet` applies adapter names[i] to batch item i."""
+
+    def hook(module, args, kwargs):
+        return args, kwargs | {"adapter_names": names}
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in unet.modules() if isinstance(m, LoraLayer)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _repeat(value, batch: int, n: int):
+    """Repeat every per-item tensor (first dimension = batch) n times, item by item: [a, b] -> [a, a, b, b]."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
+        return value.repeat_interleave(n, dim=0)
+    if isinstance(value, dict):
+        return {k: _repeat(v, batch, n) for k, v in value.items()}
+    return value
+
+
+def composite_forward(unet, names: list[str]):
+    """A replacement for `unet.forward`: n adapters' predictions from one batched call, averaged per item."""
+    forward = unet.forward
+    n = len(names)
+
+    def composite(sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
+        batch = sample.shape[0]
+        args = [_repeat(a, batch, n) for a in args]
+        kwargs = {k: _repeat(v, batch, n) for k, v in kwargs.items()}
+        with adapter_per_item(unet, names * batch):  # item b, copy i -> adapter i
+            out = forward(_repeat(sample, batch, n), _repeat(timestep, batch, n), _repeat(encoder_hidden_states, batch, n),
+                          *args, return_dict=False, **kwargs)[0]
+        mean = out.view(batch, n, *out.shape[1:]).mean(dim=1)  # eps = 1/n sum_i eps_i, per item (uncond and cond alike)
+        return UNet2DConditionOutput(sample=mean) if return_dict else (mean,)
+
+    return composite
+
+
+@contextlib.contextmanager
+def compose(pipe, names: Sequence[str], method: str = "merge", weights: Sequence[float] | None = None,
+            switch_step: int = 1) -> Iterator[dict]:
+    """Use several loaded LoRAs together while the block runs; yields extra keyword arguments for the pipeline call.
+
+        with compose(pipe, ["style", "subject"], "composite") as extra:
+            images = pipe(prompt, **extra).images
+    """
+    names = list(names)
+    weights = check_composition(pipe, names, method, weights)
+    if switch_step <= 0:
+        raise ValueError(f"switch_step must be a positive number of denoising steps, got {switch_step}.")
+    before = pipe.unet.active_adapters()
+    extra: dict = {}
+    try:
+        if method == "merge":
+            pipe.set_adapters(names, weights)
+        else:
+            for name, weight in zip(names, weights):
+                set_adapter_scale(pipe, name, weight)
+        if method == "switch":
+            pipe.set_adapters(names[0])
+
+            def next_lora(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+                pipeline.set_adapters(names[((step + 1) // switch_step) % len(names)])
+                return callback_kwargs
+
+            extra = {"callback_on_step_end": next_lora}
+        if method == "composite":
+            pipe.set_adapters(names)  # every adapter active; each item's copy picks one (adapter_per_item)
+            pipe.unet.forward = composite_forward(pipe.unet, names)
+        yield extra
+    finally:
+        if "forward" in vars(pipe.unet):
+            del pipe.unet.forward  # back to the class's forward
+        for name in names:
+            set_adapter_scale(pipe, name, 1.0)
+        if before:
+            pipe.set_adapters(before)

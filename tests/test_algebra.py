@@ -1,0 +1,93 @@
+"""LoRA algebra: cat is exact, linear is not, svd is the best rank-k, fuse/unfuse restores bit for bit."""
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from sdtune.algebra import combine, fuse, layer_delta, set_block_scales, unfuse
+from sdtune.formats.adapters import add_adapter, inject, kohya_tensors, kohya_to_peft, remove_adapter
+from sdtune.formats.kohya import group_kohya_layers
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1"]
+
+
+@pytest.fixture()
+def two_loras(tiny_pipe):
+    for seed, (name, rank) in enumerate((("a", 4), ("b", 2))):
+        torch.manual_seed(seed)
+        add_adapter(tiny_pipe.unet, LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False, target_modules=TARGETS), name)
+    yield tiny_pipe, kohya_tensors(tiny_pipe, "a"), kohya_tensors(tiny_pipe, "b")
+    for name in ("a", "b", "mix"):
+        remove_adapter(tiny_pipe, name)
+
+
+def unet_out(pipe):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
+    c = torch.randn(1, 7, pipe.unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return pipe.unet(z, torch.tensor([300]), c).sample
+
+
+def test_cat_is_exact_and_loads_as_one_lora_equal_to_both_active(two_loras):
+    pipe, a, b = two_loras
+    mixed, errors = combine([a, b], [0.7, -0.4], "cat")
+    assert max(errors.values()) < 1e-5
+    layer = next(iter(group_kohya_layers(mixed).values()))
+    assert layer["lora_down.weight"].shape[0] == 6, "rank r1 + r2"
+    pipe.set_adapters(["a", "b"], [0.7, -0.4])
+    both = unet_out(pipe)
+    inject(pipe, kohya_to_peft(pipe, mixed), "mix")
+    pipe.set_adapters("mix")
+    assert torch.allclose(unet_out(pipe), both, atol=1e-5)
+
+
+def test_linear_keeps_cross_terms_and_svd_is_the_best_rank_k(two_loras):
+    _, a, b = two_loras
+    with pytest.raises(ValueError, match="same rank"):
+        combine([a, b], [0.5, 0.5], "linear")
+    _, errors = combine([a, a], [0.5, 0.5], "linear")  # (B + B)(A + A) / 2 = 2 BA, not BA
+    assert min(errors.values()) > 0.99
+    exact, _ = combine([a, b], [1.0, 1.0], "svd", rank=6)
+    compressed, errors = combine([a, b], [1.0, 1.0], "svd", rank=3)
+    name = next(iter(group_kohya_layers(a)))
+    full = layer_delta(group_kohya_layers(exact)[name])
+    s = torch.linalg.svdvals(full.flatten(1))
+    assert errors[name] == pytest.approx(float(s[3:].norm() / s.norm()), rel=1e-3), "Eckart-Young: the tail of the spectrum"
+    with pytest.raises(ValueError, match="above the sum's exact rank"):
+        combine([a, b], [1.0, 1.0], "svd", rank=7)
+    for method in ("ties", "dare"):
+        merged, errors = combine([a, b], [1.0, 1.0], method, rank=4, density=0.5)
+        assert group_kohya_layers(merged)[name]["lora_down.weight"].shape[0] == 4 and 0 < errors[name] < 1
+    with pytest.raises(ValueError, match="Unknown combination"):
+        combine([a, b], [1.0, 1.0], "average")
+    with pytest.raises(ValueError, match="one weight per LoRA"):
+        combine([a, b], [1.0], "cat")
+
+
+def test_fuse_gives_the_adapter_output_and_unfuse_restores_every_bit(two_loras):
+    pipe = two_loras[0]
+    pipe.set_adapters("a")
+    active = unet_out(pipe)
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items() if "base_layer" in k}
+    saved = fuse(pipe, "a")
+    assert torch.allclose(unet_out(pipe), active, atol=1e-5)
+    unfuse(pipe, "a", saved)
+    assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in weights.items())
+    assert torch.equal(unet_out(pipe), active)
+
+
+def test_block_scales(two_loras):
+    pipe = two_loras[0]
+    pipe.set_adapters("a")
+    active = unet_out(pipe)
+    blocks = [n for n, _ in pipe.unet.named_children() if n in ("down_blocks", "mid_block", "up_blocks")]
+    assert set_block_scales(pipe, "a", {b: 0.0 for b in blocks}) > 0
+    pipe.disable_lora()
+    base = unet_out(pipe)
+    pipe.enable_lora()
+    assert torch.allclose(unet_out(pipe), base, atol=1e-6)
+    set_block_scales(pipe, "a", {"up_blocks.0": 1.0})
+    assert torch.equal(unet_out(pipe), active)
+    with pytest.raises(ValueError, match="No UNet block named"):
+        set_block_scales(pipe, "a", {"middle": 1.0})
