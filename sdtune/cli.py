@@ -104,6 +104,15 @@ def cmd_toy_data(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .training import DreamBoothConfig, HypernetworkConfig, TextualInversionConfig, TrainConfig, train
 
+    if args.method == "differential":
+        from .methods.differential import train_differential
+        from .models.loading import load_pipeline
+
+        cfg = config_from_args(TrainConfig, args, data=args.data_a)
+        cfg.validate()  # before the model loads
+        out = train_differential(load_pipeline(cfg.model), cfg, args.data_a, args.data_b, args.copier, args.svd_rank)
+        print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+        return
     if args.method == "dreambooth":
         cfg = config_from_args(DreamBoothConfig, args, adapter="lora" if args.lora else "full")
     else:
@@ -242,8 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, TrainConfig, required=("data", "out"))
     p.set_defaults(func=cmd_train)
     p = train.add_parser("full", help="fine-tune every UNet weight (the baseline adapters are compared with)")
-    not_adapters = ("adapter", "rank", "alpha", "targets", "train_text_encoder")
+    not_adapters = ("adapter", "rank", "alpha", "targets", "blocks", "train_text_encoder")
     add_config_options(p, TrainConfig, required=("data", "out"), exclude=not_adapters)
+    p.set_defaults(func=cmd_train)
+    p = train.add_parser("differential", help="differential LoRA: LoRA B - LoRA A from paired folders (same names, same captions)")
+    p.add_argument("--data-a", required=True, help="folder of the A renderings (e.g. blurred)")
+    p.add_argument("--data-b", required=True, help="folder of the same scenes rendered as B (e.g. sharp)")
+    p.add_argument("--copier", action="store_true", help="train B on the model with A fused in; B alone is the difference")
+    p.add_argument("--svd-rank", type=int, help="compress B - A to this rank by SVD (default: exact, rank r_A + r_B)")
+    add_config_options(p, TrainConfig, required=("out",), exclude=("data", "adapter", "train_text_encoder", "blocks"))
     p.set_defaults(func=cmd_train)
     p = train.add_parser("dreambooth", help="DreamBooth: a subject under a rare identifier, with prior preservation (whole UNet, or --lora)")
     add_config_options(p, DreamBoothConfig, required=("data", "out", "instance_prompt"), exclude=("adapter",))

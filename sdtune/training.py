@@ -63,6 +63,8 @@ class TrainConfig:
     rank: int = option("Adapter rank r (LoRA: the inner dimension of B A).", 4)
     alpha: float | None = option("Adapter alpha; the update is scaled by alpha / rank. Default: alpha = rank.", None)
     targets: str | None = option(f"Adapted layers: {', '.join(TARGET_PRESETS)}. Default: per adapter ({DEFAULT_TARGETS}).", None)
+    blocks: str | None = option("Only these UNet blocks, comma-separated prefixes (B-LoRA on SDXL: "
+                                "up_blocks.0.attentions.0,up_blocks.0.attentions.1). Default: the whole UNet.", None)
     train_text_encoder: bool = option("Also put an adapter on the text encoder(s) (not with --adapter full).", False)
     steps: int = option("Optimizer steps.", 300)
     batch_size: int = option("Images per micro-batch (per process).", 8)
@@ -103,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"Unknown --targets {self.targets!r}: choose one of {', '.join(TARGET_PRESETS)}.")
         if self.adapter == "locon" and self.targets not in (None, "attn-mlp-conv"):
             raise ValueError("LoCon is LoRA on convolutions too: use --targets attn-mlp-conv, or --adapter lora.")
+        if self.adapter in OTHER_KINDS and self.blocks:
+            raise ValueError(f"--blocks restricts an adapter to some UNet blocks; {self.adapter} does not use one.")
         if self.adapter in OTHER_KINDS and self.train_text_encoder:
             raise ValueError(f"--train-text-encoder puts an adapter on the text encoder; {self.adapter} does not use one.")
         for name in ("steps", "batch_size", "gradient_accumulation", "num_class_images"):
@@ -202,6 +206,19 @@ class HypernetworkConfig(TrainConfig):
         if self.activation not in hypernet.ACTIVATIONS:
             raise ValueError(f"Unknown --activation {self.activation!r}: choose one of {', '.join(hypernet.ACTIVATIONS)}.")
         super().validate()
+
+
+def check_blocks(unet, blocks: str | None) -> list[str] | None:
+    """The --blocks prefixes as a list, each checked to name a block of this UNet."""
+    if not blocks:
+        return None
+    names = [b.strip() for b in blocks.split(",") if b.strip()]
+    paths = {path for path, _ in unet.named_modules()}
+    unknown = [b for b in names if b not in paths]
+    if unknown:
+        tops = sorted(p for p in paths if p.count(".") == 2 and ".attentions." in p)
+        raise ValueError(f"--blocks {', '.join(unknown)}: no such UNet block. This UNet's attention blocks: {', '.join(tops)}.")
+    return names
 
 
 def _bitsandbytes_ready() -> bool:
@@ -345,6 +362,7 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
         module.requires_grad_(False)
     pipe.vae.requires_grad_(False)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    blocks = check_blocks(pipe.unet, cfg.blocks)
     # prior preservation: class images from the frozen model, before anything trains
     class_examples = class_images(pipe, cfg.class_prompt, cfg.num_class_images, cfg.class_data, cfg.seed) if cfg.prior_loss_weight else []
 
@@ -364,7 +382,7 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
                                         cfg.activation).to(unet.device)
         hypernet.attach(unet, trained)
     else:
-        add_adapter(unet, adapter_config(cfg.adapter, cfg.rank, cfg.resolved_alpha, cfg.resolved_targets, "unet"), ADAPTER)
+        add_adapter(unet, adapter_config(cfg.adapter, cfg.rank, cfg.resolved_alpha, cfg.resolved_targets, "unet", blocks), ADAPTER)
         for te in text_encoders:
             add_adapter(te, adapter_config(cfg.adapter, cfg.rank, cfg.resolved_alpha, cfg.resolved_targets, "text_encoder"), ADAPTER)
     modes = {m: m.training for m in components(pipe).values()}

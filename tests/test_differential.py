@@ -58,3 +58,12 @@ def test_pairs_must_match(pair_folders, tmp_path):
     lonely = toyworld.write_dataset(toyworld.sample_scenes(2, seed=0), tmp_path / "two")
     with pytest.raises(DatasetError, match="without a partner"):
         check_pairs(pair_folders[0], lonely)
+
+
+def test_differential_from_the_command_line(tiny_path, pair_folders, tmp_path, capsys):
+    from sdtune.cli import main
+
+    main(["train", "differential", "--model", str(tiny_path), "--data-a", str(pair_folders[0]), "--data-b", str(pair_folders[1]),
+          "--out", str(tmp_path / "d"), "--svd-rank", "2", "--steps", "1", "--batch-size", "2"])
+    assert json.loads((tmp_path / "d" / "difference.json").read_text())["rank"] == 2
+    assert (tmp_path / "d" / "pytorch_lora_weights.safetensors").is_file() and (tmp_path / "d" / "d.safetensors").is_file()

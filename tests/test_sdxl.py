@@ -53,3 +53,31 @@ def test_sdxl_lora_with_both_text_encoders_trains_and_loads_in_both_layouts(sdxl
     a, b = through_both_layouts(sdxl, out, out / "xl.safetensors", images)
     assert abs(a - base).max() > 1e-4
     assert abs(a - b).max() < 1e-5
+
+
+def test_b_lora_lives_in_two_sdxl_blocks_and_recombines_across_images(sdxl, tmp_path):
+    from sdtune.formats import load_adapter
+    from sdtune.formats.adapters import remove_adapter
+    from sdtune.io import staged_file
+    from sdtune.methods.blora import SDXL_BLOCKS, block_part, recombine
+    from safetensors.torch import save_file
+
+    outs = []
+    for i, style in enumerate(("striped", "dotted")):
+        data = toyworld.write_dataset(toyworld.sample_scenes(1, seed=i, styles=[style]), tmp_path / f"image{i}")
+        outs.append(train(TrainConfig(data=str(data), out=str(tmp_path / f"b{i}"), steps=2, batch_size=1, lr=1e-2,
+                                      blocks=",".join(SDXL_BLOCKS.values())), pipe=sdxl))
+    loras = [load_file(out / f"b{i}.safetensors") for i, out in enumerate(outs)]
+    prefixes = ("lora_unet_up_blocks_0_attentions_0_", "lora_unet_up_blocks_0_attentions_1_")
+    assert all(k.startswith(prefixes) for k in loras[0]) and any(k.startswith(prefixes[1]) for k in loras[0])
+    mixed = recombine(loras[0], loras[1])
+    assert set(mixed) == set(block_part(loras[0], SDXL_BLOCKS["content"])) | set(block_part(loras[1], SDXL_BLOCKS["style"]))
+    assert all(torch.equal(mixed[k], loras[1][k]) for k in block_part(loras[1], SDXL_BLOCKS["style"]))
+    with staged_file(tmp_path / "mixed.safetensors") as tmp:
+        save_file(mixed, str(tmp))
+    base = images(sdxl)
+    load_adapter(sdxl, tmp_path / "mixed.safetensors", "mixed")
+    assert abs(images(sdxl) - base).max() > 1e-4
+    remove_adapter(sdxl, "mixed")
+    with pytest.raises(ValueError, match="no such UNet block"):
+        train(TrainConfig(data=str(tmp_path / "image0"), out=str(tmp_path / "bad"), blocks="up_blocks.7.attentions.0"), pipe=sdxl)

@@ -7,6 +7,8 @@
 | DreamBooth | `dreambooth.py` | the whole UNet or a LoRA, on a subject plus generated class images (prior preservation) |
 | Textual Inversion | `textual_inversion.py` | the embedding rows of one new token |
 | Hypernetwork | `hypernetwork.py` | residual MLPs on the attention's K and V inputs |
+| differential LoRA | `differential.py` | two LoRAs on paired renderings; their exact difference is the result |
+| B-LoRA | `blora.py` | a LoRA in two SDXL blocks (content, style), cut apart and recombined |
 | full fine-tuning | (`sdtune.training`) | every weight of the UNet |
 
 `adapter_config(kind, ...)` returns the peft config of an adapter kind; the trainer (`sdtune.training`) adds
@@ -14,6 +16,8 @@ it to the UNet and, if asked, the text encoder.
 """
 
 from __future__ import annotations
+
+import re
 
 from peft import PeftConfig
 
@@ -32,9 +36,17 @@ def target_modules(preset: str, component: str) -> list[str]:
     return TARGET_PRESETS[preset]["unet" if component == "unet" else "text_encoder"]
 
 
-def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: str = "unet") -> PeftConfig:
-    """The peft config of one adapter kind on one component ('unet' or 'text_encoder')."""
+def within_blocks(suffixes: list[str], blocks: list[str]) -> str:
+    """A peft target regex: layers ending in one of `suffixes` inside one of the UNet `blocks` (e.g. B-LoRA's
+    up_blocks.0.attentions.0)."""
+    return rf"^(?:{'|'.join(map(re.escape, blocks))})\..*\.(?:{'|'.join(map(re.escape, suffixes))})$"
+
+
+def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: str = "unet", blocks: list[str] | None = None) -> PeftConfig:
+    """The peft config of one adapter kind on one component ('unet' or 'text_encoder'), optionally only in some UNet blocks."""
     modules = target_modules(targets, component)
+    if blocks and component == "unet":
+        modules = within_blocks(modules, blocks)
     if kind in LORA_KINDS:
         return lora_config(kind, rank, alpha, modules)
     if kind == "loha":

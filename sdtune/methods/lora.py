@@ -34,9 +34,10 @@ TARGET_PRESETS = {
 }
 
 
-def lora_config(kind: str, rank: int, alpha: float, target_modules: list[str]) -> LoraConfig:
+def lora_config(kind: str, rank: int, alpha: float, target_modules: list[str] | str) -> LoraConfig:
     """peft's LoraConfig for LoRA, LoCon or DoRA; `init_lora_weights="gaussian"`: A ~ N(0, 1/r), B = 0."""
-    if kind == "locon" and not any(name in _CONV for name in target_modules):
+    names = [target_modules] if isinstance(target_modules, str) else target_modules  # a str is a regex (some blocks only)
+    if kind == "locon" and not any(conv in name for name in names for conv in _CONV):
         raise ValueError("LoCon is LoRA on convolutions too: use --targets attn-mlp-conv, or --adapter lora.")
     return LoraConfig(
         r=rank,

@@ -19,12 +19,12 @@ from peft import LoHaConfig, LoKrConfig
 LYCORIS_KINDS = ("loha", "lokr")
 
 
-def loha_config(rank: int, alpha: float, target_modules: list[str]) -> LoHaConfig:
+def loha_config(rank: int, alpha: float, target_modules: list[str] | str) -> LoHaConfig:
     """peft's LoHa config; W2b starts at zero (the other factors random), so dW starts at 0."""
     return LoHaConfig(r=rank, alpha=alpha, target_modules=target_modules)
 
 
-def lokr_config(rank: int, alpha: float, target_modules: list[str]) -> LoKrConfig:
+def lokr_config(rank: int, alpha: float, target_modules: list[str] | str) -> LoKrConfig:
     """peft's LoKr config with LyCORIS's initialisation: W1 random, W2 (or its factor W2b) zero, so dW starts at 0."""
     return LoKrConfig(r=rank, alpha=alpha, target_modules=target_modules, init_weights="lycoris")
 
