@@ -65,7 +65,7 @@ class PlaceholderEmbedding:
         pipe.tokenizer.add_tokens(self.tokens)
         self.ids = pipe.tokenizer.convert_tokens_to_ids(self.tokens)
         encoder = pipe.text_encoder
-        encoder.resize_token_embeddings(len(pipe.tokenizer))
+        encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)  # the new rows are set just below
         self.weight = encoder.get_input_embeddings().weight
         with torch.no_grad():
             self.weight[self.ids] = self.weight[init_id].clone()  # v* starts at the initializer word
