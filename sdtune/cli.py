@@ -102,7 +102,7 @@ def cmd_toy_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training import DreamBoothConfig, HypernetworkConfig, TextualInversionConfig, TrainConfig, train
+    from .training import DreamBoothConfig, HypernetworkConfig, LCMConfig, TextualInversionConfig, TrainConfig, train
 
     if args.method == "differential":
         from .methods.differential import train_differential
@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.method == "dreambooth":
         cfg = config_from_args(DreamBoothConfig, args, adapter="lora" if args.lora else "full")
     else:
-        cls = {"textual-inversion": TextualInversionConfig, "hypernetwork": HypernetworkConfig}.get(args.method, TrainConfig)
+        cls = {"textual-inversion": TextualInversionConfig, "hypernetwork": HypernetworkConfig, "lcm": LCMConfig}.get(args.method, TrainConfig)
         cfg = config_from_args(cls, args, **({"adapter": "full"} if args.method == "full" else {}))
     out = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one line for the whole run
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_toy_data)
 
-    from .training import DreamBoothConfig, HypernetworkConfig, TextualInversionConfig, TrainConfig
+    from .training import DreamBoothConfig, HypernetworkConfig, LCMConfig, TextualInversionConfig, TrainConfig
 
     train = sub.add_parser("train", help="train an adapter or the whole UNet").add_subparsers(dest="method", required=True, metavar="METHOD")
     p = train.add_parser("lora", help="train a LoRA, LoCon, DoRA, LoHa or LoKr adapter (--adapter) on a folder of captioned images")
@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = train.add_parser("textual-inversion", help="Textual Inversion: learn the embedding of a new token")
     add_config_options(p, TextualInversionConfig, required=("data", "out", "token", "init_word"), exclude=not_adapters)
+    p.set_defaults(func=cmd_train)
+    p = train.add_parser("lcm", help="LCM-LoRA: distil few-step sampling into a LoRA (sample with LCMScheduler, 2-8 steps, guidance 1)")
+    add_config_options(p, LCMConfig, required=("data", "out"), exclude=("train_text_encoder", "prior_loss_weight", "class_prompt",
+                                                                      "num_class_images", "class_data"))
     p.set_defaults(func=cmd_train)
     p = train.add_parser("hypernetwork", help="a WebUI-style hypernetwork: residual MLPs on the cross-attention's K and V inputs")
     add_config_options(p, HypernetworkConfig, required=("data", "out"), exclude=not_adapters)

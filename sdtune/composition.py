@@ -115,21 +115,27 @@ def compose(pipe, names: Sequence[str], method: str = "merge", weights: Sequence
     before = pipe.unet.active_adapters()
     extra: dict = {}
     try:
+        # set_adapters also resets each adapter's scale to 1, so the weights are applied after it
         if method == "merge":
             pipe.set_adapters(names, weights)
-        else:
-            for name, weight in zip(names, weights):
-                set_adapter_scale(pipe, name, weight)
         if method == "switch":
-            pipe.set_adapters(names[0])
+            scale = dict(zip(names, weights))
+
+            def use(pipeline, name: str) -> None:
+                pipeline.set_adapters(name)
+                set_adapter_scale(pipeline, name, scale[name])
+
+            use(pipe, names[0])
 
             def next_lora(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
-                pipeline.set_adapters(names[((step + 1) // switch_step) % len(names)])
+                use(pipeline, names[((step + 1) // switch_step) % len(names)])
                 return callback_kwargs
 
             extra = {"callback_on_step_end": next_lora}
         if method == "composite":
             pipe.set_adapters(names)  # every adapter active; each item's copy picks one (adapter_per_item)
+            for name, weight in zip(names, weights):
+                set_adapter_scale(pipe, name, weight)
             pipe.unet.forward = composite_forward(pipe.unet, names)
         yield extra
     finally:

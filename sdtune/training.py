@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
+from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -42,6 +43,7 @@ from .io import check_output_folder, staged_file, staged_folder
 from .methods import ADAPTER_KINDS, DEFAULT_TARGETS, TARGET_PRESETS, adapter_config
 from .methods import hypernetwork as hypernet
 from .methods.dreambooth import class_images
+from .methods.lcm import adapters_off, consistency_loss, ddim_timesteps
 from .methods.textual_inversion import PlaceholderEmbedding, save_embedding
 from .models.loading import load_pipeline
 
@@ -208,6 +210,30 @@ class HypernetworkConfig(TrainConfig):
         super().validate()
 
 
+@dataclass
+class LCMConfig(TrainConfig):
+    """LCM-LoRA: a LoRA distilled for few-step sampling (consistency distillation). See `sdtune.methods.lcm`."""
+
+    rank: int = option("LoRA rank (LCM-LoRA on SD uses 64).", 16)
+    targets: str | None = option("Adapted layers (LCM-LoRA adapts attention, MLPs and convolutions).", "attn-mlp-conv")
+    lr: float | None = option("Learning rate (AdamW).", 1e-4)
+    num_ddim_timesteps: int = option("Teacher's DDIM grid: N points, one solver step skips T / N timesteps.", 50)
+    w_min: float = option("Smallest guidance w distilled in (guidance scale 1 + w).", 2.0)
+    w_max: float = option("Largest guidance w distilled in.", 5.0)
+    huber_c: float = option("Pseudo-Huber constant c of the loss sqrt(d^2 + c^2) - c.", 1e-3)
+
+    def validate(self) -> None:
+        if self.adapter not in ADAPTER_KINDS or self.adapter in ("loha", "lokr"):
+            raise ValueError("LCM distillation trains a LoRA-family adapter: use --adapter lora, locon or dora.")
+        if self.train_text_encoder or self.prior_loss_weight:
+            raise ValueError("LCM distillation trains the UNet's LoRA only: drop --train-text-encoder and prior preservation.")
+        if not 0 <= self.w_min <= self.w_max:
+            raise ValueError(f"Need 0 <= --w-min <= --w-max, got {self.w_min} and {self.w_max}.")
+        if self.num_ddim_timesteps < 2 or 1000 % self.num_ddim_timesteps:
+            raise ValueError(f"--num-ddim-timesteps must divide 1000 (e.g. 50), got {self.num_ddim_timesteps}.")
+        super().validate()
+
+
 def check_blocks(unet, blocks: str | None) -> list[str] | None:
     """The --blocks prefixes as a list, each checked to name a block of this UNet."""
     if not blocks:
@@ -219,6 +245,16 @@ def check_blocks(unet, blocks: str | None) -> list[str] | None:
         tops = sorted(p for p in paths if p.count(".") == 2 and ".attentions." in p)
         raise ValueError(f"--blocks {', '.join(unknown)}: no such UNet block. This UNet's attention blocks: {', '.join(tops)}.")
     return names
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _bitsandbytes_ready() -> bool:
@@ -368,7 +404,8 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
 
     # what trains
     unet = copy.deepcopy(pipe.unet) if cfg.adapter == "full" and caller_pipe else pipe.unet
-    trained_pipe = type(pipe).from_pipe(pipe, unet=unet) if unet is not pipe.unet else pipe
+    with _quiet_diffusers():  # from_pipe warns about an empty list of float32 modules
+        trained_pipe = type(pipe).from_pipe(pipe, unet=unet) if unet is not pipe.unet else pipe
     text_encoders = [m for n, m in components(pipe).items() if n != "unet"] if cfg.train_text_encoder else []
     trained: PlaceholderEmbedding | hypernet.Hypernetwork | None = None
     if cfg.adapter == "full":
@@ -455,6 +492,28 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
     te_params = [p for n, p in named.items() if not n.startswith("unet.")]
     device = accelerator.device
 
+    def eps_of(model):
+        return lambda z, t, c: model(z.to(device), t.to(device), **unet_inputs(pipe, c, resolution)).sample
+
+    def teacher_eps(z, t, c):
+        with adapters_off(unet):
+            return eps_of(unet)(z, t, c)
+
+    def lcm_loss() -> torch.Tensor:
+        """One batch of consistency distillation (sdtune.methods.lcm) against the UNet without its LoRA."""
+        pool, grid = pools[0], ddim_timesteps(noise_scheduler.config.num_train_timesteps, cfg.num_ddim_timesteps)
+        idx = torch.randint(0, len(pool.mean), (cfg.batch_size,), generator=gen)
+        z0 = pool.mean[idx] + pool.std[idx] * torch.randn(pool.mean[idx].shape, generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        index = torch.randint(0, len(grid), (cfg.batch_size,), generator=gen)
+        w = cfg.w_min + (cfg.w_max - cfg.w_min) * torch.rand(cfg.batch_size, generator=gen)
+        which = pool.prompt_index[idx]
+        cond = {k: v[which.to(v.device)] for k, v in cached.items()}
+        uncond = {k: v[torch.full_like(which, prompts.index("")).to(v.device)] for k, v in cached.items()}
+        with accelerator.autocast():
+            return consistency_loss(eps_of(unet_ddp), teacher_eps, z0.to(device), noise.to(device), cond, uncond,
+                                    alphas_cumprod, grid, index, w, cfg.huber_c)
+
     def loss_on_batch() -> torch.Tensor:
         """One batch from each pool (instance images; class images with prior preservation): sum_k w_k mean loss_k."""
         z0s, whichs, weights = [], [], []
@@ -496,7 +555,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
         for micro in range(cfg.gradient_accumulation):
             sync = micro == cfg.gradient_accumulation - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(unet_ddp):
-                loss = loss_on_batch() / cfg.gradient_accumulation
+                loss = (lcm_loss() if isinstance(cfg, LCMConfig) else loss_on_batch()) / cfg.gradient_accumulation
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"The loss became {loss.item()} at step {step}: training stopped, the last checkpoint is intact. "

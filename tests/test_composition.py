@@ -75,3 +75,18 @@ def test_bad_compositions_are_refused(three_loras, names, method, weights, messa
     with pytest.raises(ValueError, match=message):
         with compose(three_loras, names, method, weights):
             pass
+
+
+def test_composite_and_switch_apply_the_weights(three_loras):
+    pipe, call = three_loras, unet_call(three_loras)
+    pipe.disable_lora()
+    base = call()
+    pipe.enable_lora()
+    with torch.no_grad(), compose(pipe, ["a", "b"], "composite", weights=[0.0, 0.0]):
+        assert torch.allclose(call(), base, atol=1e-5), "weight 0 for every LoRA: the base model"
+    with torch.no_grad(), compose(pipe, ["a", "b"], "switch", weights=[0.0, 2.0]) as extra:
+        assert torch.allclose(call(), base, atol=1e-5), "the first LoRA (weight 0) is on for the first step"
+        extra["callback_on_step_end"](pipe, 0, None, {})
+        doubled = call()
+    pipe.set_adapters("b", 2.0)
+    assert torch.allclose(doubled, call(), atol=1e-5)

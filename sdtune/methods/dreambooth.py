@@ -66,7 +66,8 @@ def class_images(pipe, prompt: str, count: int, folder: str | Path | None = None
         if {k: made.get(k) for k in wanted} == wanted and made.get("count", 0) >= count:
             return [Example(folder / name, prompt) for name in made["files"][:count]]
         if {k: made.get(k) for k in wanted} != wanted:
-            logger.warning("%s was made with another model or prompt (%r): generating new class images.", folder, made.get("prompt"))
+            logger.warning("%s was made with another model, prompt or sampling settings (prompt %r, seed %s): generating new class "
+                           "images.", folder, made.get("prompt"), made.get("seed"))
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         generated = sample(pipe, [prompt] * count, seed=seed)
