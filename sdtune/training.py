@@ -67,7 +67,7 @@ class TrainConfig:
     targets: str | None = option(f"Adapted layers: {', '.join(TARGET_PRESETS)}. Default: per adapter ({DEFAULT_TARGETS}).", None)
     blocks: str | None = option("Only these UNet blocks, comma-separated prefixes (B-LoRA on SDXL: "
                                 "up_blocks.0.attentions.0,up_blocks.0.attentions.1). Default: the whole UNet.", None)
-    train_text_encoder: bool = option("Also put an adapter on the text encoder(s) (not with --adapter full).", False)
+    train_text_encoder: bool = option("Also train the text encoder(s): an adapter on them, or with --adapter full all their weights.", False)
     steps: int = option("Optimizer steps.", 300)
     batch_size: int = option("Images per micro-batch (per process).", 8)
     gradient_accumulation: int = option("Micro-batches per optimizer step: effective batch = batch size x this x processes.", 1)
@@ -109,8 +109,8 @@ class TrainConfig:
             raise ValueError("LoCon is LoRA on convolutions too: use --targets attn-mlp-conv, or --adapter lora.")
         if self.adapter in OTHER_KINDS and self.blocks:
             raise ValueError(f"--blocks restricts an adapter to some UNet blocks; {self.adapter} does not use one.")
-        if self.adapter in OTHER_KINDS and self.train_text_encoder:
-            raise ValueError(f"--train-text-encoder puts an adapter on the text encoder; {self.adapter} does not use one.")
+        if self.adapter in ("textual-inversion", "hypernetwork") and self.train_text_encoder:
+            raise ValueError(f"--train-text-encoder trains the text encoder too; {self.adapter} keeps it frozen.")
         for name in ("steps", "batch_size", "gradient_accumulation", "num_class_images"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}.")
@@ -403,13 +403,17 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
     class_examples = class_images(pipe, cfg.class_prompt, cfg.num_class_images, cfg.class_data, cfg.seed) if cfg.prior_loss_weight else []
 
     # what trains
-    unet = copy.deepcopy(pipe.unet) if cfg.adapter == "full" and caller_pipe else pipe.unet
+    # full fine-tuning changes weights in place: a caller's pipeline gets copies of what trains
+    full = {n: m for n, m in components(pipe).items() if cfg.adapter == "full" and (n == "unet" or cfg.train_text_encoder)}
+    copies = {n: copy.deepcopy(m) if caller_pipe else m for n, m in full.items()}
     with _quiet_diffusers():  # from_pipe warns about an empty list of float32 modules
-        trained_pipe = type(pipe).from_pipe(pipe, unet=unet) if unet is not pipe.unet else pipe
-    text_encoders = [m for n, m in components(pipe).items() if n != "unet"] if cfg.train_text_encoder else []
+        trained_pipe = type(pipe).from_pipe(pipe, **copies) if caller_pipe and copies else pipe
+    unet = copies.get("unet", pipe.unet)
+    text_encoders = [m for n, m in components(trained_pipe).items() if n != "unet"] if cfg.train_text_encoder else []
     trained: PlaceholderEmbedding | hypernet.Hypernetwork | None = None
     if cfg.adapter == "full":
-        unet.requires_grad_(True)
+        for module in copies.values():  # the UNet, and with --train-text-encoder every text encoder, all weights
+            module.requires_grad_(True)
     elif cfg.adapter == "textual-inversion":
         trained = PlaceholderEmbedding(pipe, cfg.token, cfg.init_word, cfg.vectors)
         trained.weight.requires_grad_(True)

@@ -125,6 +125,16 @@ def test_dreambooth_lora_and_full_write_files_plain_diffusers_loads(tiny_pipe, t
     assert torch.equal(tuned.text_encoder.get_input_embeddings().weight, tiny_pipe.text_encoder.get_input_embeddings().weight)
 
 
+def test_full_dreambooth_can_train_the_text_encoder_too_and_leaves_the_caller_pipeline(tiny_pipe, plain_star_folder, tmp_path):
+    before = {k: v.clone() for k, v in tiny_pipe.text_encoder.state_dict().items()}
+    out = train(DreamBoothConfig(data=str(plain_star_folder), out=str(tmp_path / "db-te"), instance_prompt="a sks diamond",
+                                 prior_loss_weight=0.0, train_text_encoder=True, text_encoder_lr=1e-2, steps=2, batch_size=2,
+                                 lr=1e-3), pipe=tiny_pipe)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_pipe.text_encoder.state_dict().items()), "the caller's encoder is untouched"
+    tuned = StableDiffusionPipeline.from_pretrained(out)
+    assert any(not torch.equal(v, before[k]) for k, v in tuned.text_encoder.state_dict().items()), "the saved encoder trained"
+
+
 def test_dreambooth_bad_input(tiny_pipe, plain_star_folder, tmp_path):
     with pytest.raises(ValueError, match="needs --class-prompt"):
         train(DreamBoothConfig(data=str(plain_star_folder), out=str(tmp_path / "a"), instance_prompt="a sks diamond"), pipe=tiny_pipe)

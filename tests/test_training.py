@@ -109,7 +109,7 @@ def test_options_min_snr_noise_offset_dropout_flip_accumulation_schedule_validat
         (dict(caption_dropout=1.0), "--caption-dropout"),
         (dict(validation_every=5), "--validation-prompt"),
         (dict(mixed_precision="fp8"), "--mixed-precision"),
-        (dict(adapter="full", train_text_encoder=True), "full does not use one"),
+        (dict(adapter="hypernetwork", train_text_encoder=True), "hypernetwork keeps it frozen"),
     ],
 )
 def test_bad_options_are_refused_before_work(change, message, striped_folder, tmp_path):
