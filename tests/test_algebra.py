@@ -4,6 +4,8 @@ import pytest
 import torch
 from peft import LoraConfig
 
+from unet_probe import unet_out
+
 from sdtune.algebra import combine, fuse, layer_delta, set_block_scales, unfuse
 from sdtune.formats.adapters import add_adapter, inject, kohya_tensors, kohya_to_peft, remove_adapter
 from sdtune.formats.kohya import group_kohya_layers
@@ -20,13 +22,6 @@ def two_loras(tiny_pipe):
     for name in ("a", "b", "mix"):
         remove_adapter(tiny_pipe, name)
 
-
-def unet_out(pipe):
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
-    c = torch.randn(1, 7, pipe.unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return pipe.unet(z, torch.tensor([300]), c).sample
 
 
 def test_cat_is_exact_and_loads_as_one_lora_equal_to_both_active(two_loras):

@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from unet_probe import unet_out
+
 from sdtune.data import toyworld
 from sdtune.data.folder import DatasetError
 from sdtune.formats import load_adapter
@@ -20,13 +22,6 @@ def pair_folders(tmp_path_factory):
     return (toyworld.write_dataset([a for a, _ in pairs], root / "blurred"),
             toyworld.write_dataset([b for _, b in pairs], root / "sharp"))
 
-
-def unet_out(pipe):
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
-    c = torch.randn(1, 7, pipe.unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return pipe.unet(z, torch.tensor([300]), c).sample
 
 
 def test_difference_is_b_minus_a_exactly_and_compresses(tiny_pipe, pair_folders, tmp_path):
