@@ -96,9 +96,10 @@ def combine(loras: Sequence[dict[str, torch.Tensor]], weights: Sequence[float], 
         layers = [g[name] for g in grouped]
         if any("lora_down.weight" not in layer for layer in layers):
             raise ValueError(f"{name}: only LoRA/LoCon layers (lora_down/lora_up) combine here; LoHa/LoKr/DoRA do not.")
-        if method == "svd" and rank > sum(layer["lora_down.weight"].shape[0] for layer in layers):
-            raise ValueError(f"rank {rank} is above the sum's exact rank ({sum(l['lora_down.weight'].shape[0] for l in layers)} at "
-                             f"{name}): the exact combination is cat; svd compresses to a lower rank.")
+        exact_rank = sum(layer["lora_down.weight"].shape[0] for layer in layers)
+        if method == "svd" and rank > exact_rank:
+            raise ValueError(f"rank {rank} is above the sum's exact rank ({exact_rank} at {name}): "
+                             "the exact combination is cat; svd compresses to a lower rank.")
         deltas = [w * layer_delta(layer) for w, layer in zip(weights, layers)]
         exact = torch.stack(deltas).sum(0)
         if method == "linear":  # factor-wise weighted sums (needs equal ranks): the cross terms stay in

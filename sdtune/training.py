@@ -496,6 +496,9 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
     te_params = [p for n, p in named.items() if not n.startswith("unet.")]
     device = accelerator.device
 
+    if isinstance(cfg, LCMConfig):  # the teacher's DDIM grid, the same every step
+        grid = ddim_timesteps(noise_scheduler.config.num_train_timesteps, cfg.num_ddim_timesteps)
+
     def eps_of(model):
         return lambda z, t, c: model(z.to(device), t.to(device), **unet_inputs(pipe, c, resolution)).sample
 
@@ -505,7 +508,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
 
     def lcm_loss() -> torch.Tensor:
         """One batch of consistency distillation (sdtune.methods.lcm) against the UNet without its LoRA."""
-        pool, grid = pools[0], ddim_timesteps(noise_scheduler.config.num_train_timesteps, cfg.num_ddim_timesteps)
+        pool = pools[0]
         idx = torch.randint(0, len(pool.mean), (cfg.batch_size,), generator=gen)
         z0 = pool.mean[idx] + pool.std[idx] * torch.randn(pool.mean[idx].shape, generator=gen)
         noise = torch.randn(z0.shape, generator=gen)

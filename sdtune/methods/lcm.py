@@ -64,7 +64,7 @@ def consistency_loss(eps: Callable, teacher_eps: Callable, z0: torch.Tensor, noi
                      huber_c: float = 1e-3) -> torch.Tensor:
     """The LCM distillation loss of one batch. `eps(z, t, cond)` is the student (with grad), `teacher_eps` the
     frozen base model; `index` picks each item's t_{n+k} on the solver grid, `w` its guidance."""
-    k = int(grid[1] - grid[0]) if len(grid) > 1 else int(grid[0]) + 1
+    k = int(grid[1] - grid[0])                # the solver's skip: T / N timesteps
     t_start = grid[index]                     # t_{n+k}
     t_end = (t_start - k).clamp(min=0)        # t_n
     a_start, a_end = _expand(alphas_cumprod[t_start]).to(z0.device), _expand(alphas_cumprod[t_end]).to(z0.device)
