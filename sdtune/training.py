@@ -315,8 +315,9 @@ def save_checkpoint(out: Path, step: int, named_params: dict[str, torch.nn.Param
     folder = out / "checkpoints" / f"step-{step:07d}"
     with staged_folder(folder) as tmp:
         save_file({k: v.detach().contiguous() for k, v in named_params.items()}, str(tmp / "trainable.safetensors"))
+        scaler = getattr(optimizer, "scaler", None)  # fp16: the loss scale is part of the run's state
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": gen.get_state(),
-                    "step": step, "losses": losses}, tmp / "state.pt")
+                    "step": step, "losses": losses, "scaler": scaler.state_dict() if scaler else None}, tmp / "state.pt")
         (tmp / "training_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     for old in sorted((out / "checkpoints").glob("step-*"))[:-keep]:
         shutil.rmtree(old)
@@ -336,6 +337,8 @@ def load_checkpoint(folder: Path, cfg: TrainConfig, named_params: dict[str, torc
             param.copy_(weights[name])
     state = torch.load(folder / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
+    if getattr(optimizer, "scaler", None) and state.get("scaler"):
+        optimizer.scaler.load_state_dict(state["scaler"])
     scheduler.load_state_dict(state["scheduler"])
     gen.set_state(state["rng"])
     return state["step"], state["losses"]
@@ -481,6 +484,9 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
     else:
         optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
+    # through accelerate, so that with fp16 the scaled gradients are unscaled before the step, a step whose
+    # gradients overflowed is skipped and the loss scale adapts (GradScaler)
+    optimizer = accelerator.prepare_optimizer(optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     alphas_cumprod = noise_scheduler.alphas_cumprod
     prediction = noise_scheduler.config.prediction_type
