@@ -19,10 +19,15 @@ from .data import toyworld
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+def _refuse_existing(path: Path, overwrite: bool, option: str = "--out") -> None:
+    """Outputs are never replaced silently: stop before any work unless --overwrite was given."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists: choose another {option} or pass --overwrite.")
+
+
 def _atomic_save(image: Image.Image, path: Path, overwrite: bool) -> None:
     """Write an image via a temporary file, refusing to replace an existing one unless asked."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists: choose another --out or pass --overwrite.")
+    _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
     os.close(fd)
@@ -52,8 +57,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .sampling import image_grid, sample
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite.")
+    _refuse_existing(out, args.overwrite)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {out}: name an image file ending in {', '.join(IMAGE_SUFFIXES)}.")
     if args.num_images <= 0 or args.steps <= 0:
@@ -128,8 +132,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .models.loading import load_pipeline
 
     src, dst = Path(args.src), Path(args.dst)
-    if dst.exists() and not args.overwrite:
-        raise FileExistsError(f"{dst} already exists: choose another output or pass --overwrite.")
+    _refuse_existing(dst, args.overwrite, "output")
     if dst.suffix != ".safetensors":
         raise ValueError(f"{dst}: the converted file must end in .safetensors.")
     layout = convert_file(load_pipeline(args.model), src, dst, args.to, allow_pickle=args.allow_pickle)
@@ -146,8 +149,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     from .models.loading import load_pipeline
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists: choose another --out or pass --overwrite.")
+    _refuse_existing(out, args.overwrite)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {out}: the merged LoRA is written as a .safetensors file.")
     weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(args.loras)

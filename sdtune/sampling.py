@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -43,6 +44,17 @@ def sample(
             **kwargs,
         ).images
     return images
+
+
+@contextlib.contextmanager
+def quiet_progress(pipe) -> Iterator[None]:
+    """Hide the pipeline's progress bar inside the block, then give back the caller's setting."""
+    before = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        pipe.set_progress_bar_config(**before)
 
 
 def image_grid(images: Sequence[Image.Image], cols: int | None = None, scale: int = 1) -> Image.Image:

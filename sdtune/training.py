@@ -390,7 +390,13 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
         if missing:
             raise ValueError(f"Captions of {', '.join(missing[:5])} in {cfg.data} do not contain the token {cfg.token!r}: "
                              f"Textual Inversion learns what the token means; write it into each caption, e.g. 'a {cfg.token}'.")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    try:
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    except ValueError as error:  # accelerate fixes the precision once per process
+        if "already been initialized" not in str(error):
+            raise
+        raise ValueError(f"--mixed-precision {cfg.mixed_precision}: this Python process already trained with another precision, "
+                         "and accelerate fixes it once per process; restart the kernel (or start a new process) to change it.") from error
     out = Path(cfg.out)
     if cfg.overwrite and not cfg.resume and accelerator.is_main_process:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # never resume from an older run's checkpoints
@@ -603,12 +609,12 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
 
 @torch.no_grad()
 def _validation_image(pipe, cfg: TrainConfig, path: Path, trained: tuple) -> None:
-    from .sampling import sample
+    from .sampling import quiet_progress, sample
 
     for m in trained:
         m.eval()
-    pipe.set_progress_bar_config(disable=True)
-    image = sample(pipe, cfg.validation_prompt, seed=cfg.seed)[0]
+    with quiet_progress(pipe):
+        image = sample(pipe, cfg.validation_prompt, seed=cfg.seed)[0]
     with staged_file(path) as tmp:
         image.save(tmp, format="PNG")
     for m in trained:

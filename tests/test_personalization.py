@@ -99,8 +99,11 @@ def test_textual_inversion_bad_input(tiny_pipe, star_folder, plain_star_folder, 
 
 def test_class_images_are_cached_and_regenerated_for_another_prompt(tiny_pipe, tmp_path):
     folder = tmp_path / "class"
+    tiny_pipe.set_progress_bar_config(disable=False, desc="mine")
     first = class_images(tiny_pipe, "a diamond", 3, folder)
     assert len(first) == 3 and all(e.caption == "a diamond" for e in first)
+    assert tiny_pipe._progress_bar_config == {"disable": False, "desc": "mine"}, "the caller's progress bar is left as it was"
+    tiny_pipe.set_progress_bar_config(disable=True)
     stamp = [e.image.stat().st_mtime_ns for e in first]
     again = class_images(tiny_pipe, "a diamond", 2, folder)
     assert [e.image.stat().st_mtime_ns for e in again] == stamp[:2], "a matching cache is reused"

@@ -28,7 +28,7 @@ import torch
 
 from ..data.folder import IMAGE_EXTENSIONS, Example
 from ..io import staged_folder
-from ..sampling import TINY_GUIDANCE, TINY_STEPS, sample
+from ..sampling import TINY_GUIDANCE, TINY_STEPS, quiet_progress, sample
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,7 @@ def class_images(pipe, prompt: str, count: int, folder: str | Path | None = None
         if {k: made.get(k) for k in wanted} != wanted:
             logger.warning("%s was made with another model, prompt or sampling settings (prompt %r, seed %s): generating new class "
                            "images.", folder, made.get("prompt"), made.get("seed"))
-    pipe.set_progress_bar_config(disable=True)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_progress(pipe):
         generated = sample(pipe, [prompt] * count, seed=seed)
     with staged_folder(folder) as tmp:
         names = [f"class-{i:05d}.png" for i in range(count)]
