@@ -75,7 +75,11 @@ def _ties_merge(deltas: list[torch.Tensor]) -> torch.Tensor:
 def combine(loras: Sequence[dict[str, torch.Tensor]], weights: Sequence[float], method: str = "cat", rank: int | None = None,
             density: float = 0.5, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Weighted combination of kohya-layout LoRAs; returns (kohya tensors, per-layer relative error of the result
-    against the exact sum sum_i w_i dW_i). `rank` is required by svd, ties and dare."""
+    against the exact sum sum_i w_i dW_i). `rank` is required by svd, ties and dare.
+
+    A layer that only some of the LoRAs adapt (another target preset: attention-only with LoCon, say) takes the
+    others' updates as zero. TIES elects each entry's sign on the weighted updates w_i dW_i (peft's
+    `add_weighted_adapter` elects it on the unweighted ones: the two agree when the weights are equal)."""
     if method not in METHODS:
         raise ValueError(f"Unknown combination {method!r}: choose one of {', '.join(METHODS)}.")
     if len(loras) != len(weights) or not loras:
@@ -85,34 +89,34 @@ def combine(loras: Sequence[dict[str, torch.Tensor]], weights: Sequence[float], 
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}.")
     grouped = [group_kohya_layers(t) for t in loras]
-    names = list(grouped[0])
-    for g in grouped[1:]:
-        if set(g) != set(names):
-            raise ValueError("The LoRAs adapt different layers (another base model or target preset): they cannot be combined layer by layer.")
+    names = list(dict.fromkeys(name for g in grouped for name in g))
+    if not set.intersection(*(set(g) for g in grouped)):
+        raise ValueError("The LoRAs share no adapted layer: they were made for different base models and cannot be combined.")
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
     for name in names:
-        layers = [g[name] for g in grouped]
+        present = [(w, g[name]) for w, g in zip(weights, grouped) if name in g]  # a LoRA without this layer adds zero
+        layer_weights, layers = [w for w, _ in present], [layer for _, layer in present]
         if any("lora_down.weight" not in layer for layer in layers):
             raise ValueError(f"{name}: only LoRA/LoCon layers (lora_down/lora_up) combine here; LoHa/LoKr/DoRA do not.")
         exact_rank = sum(layer["lora_down.weight"].shape[0] for layer in layers)
         if method == "svd" and rank > exact_rank:
             raise ValueError(f"rank {rank} is above the sum's exact rank ({exact_rank} at {name}): "
                              "the exact combination is cat; svd compresses to a lower rank.")
-        deltas = [w * layer_delta(layer) for w, layer in zip(weights, layers)]
+        deltas = [w * layer_delta(layer) for w, layer in zip(layer_weights, layers)]
         exact = torch.stack(deltas).sum(0)
         if method == "linear":  # factor-wise weighted sums (needs equal ranks): the cross terms stay in
             if len({layer["lora_down.weight"].shape[0] for layer in layers}) != 1:
                 raise ValueError("linear adds the factors themselves, so every LoRA needs the same rank: use cat or svd.")
-            scales = [math.sqrt(abs(w) * float(layer["alpha"]) / layer["lora_down.weight"].shape[0]) for w, layer in zip(weights, layers)]
-            signs = [math.copysign(1.0, w) for w in weights]
+            scales = [math.sqrt(abs(w) * float(layer["alpha"]) / layer["lora_down.weight"].shape[0]) for w, layer in zip(layer_weights, layers)]
+            signs = [math.copysign(1.0, w) for w in layer_weights]
             down = sum(s * layer["lora_down.weight"].float() for s, layer in zip(scales, layers))
             up = sum(sg * s * layer["lora_up.weight"].float() for sg, s, layer in zip(signs, scales, layers))
             result = {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(float(down.shape[0]))}
         elif method == "cat":  # exact: B = [w1 B1, w2 B2, ...], A = [A1; A2; ...], each with its own alpha / r
             ups = [w * float(layer["alpha"]) / layer["lora_down.weight"].shape[0] * layer["lora_up.weight"].float()
-                   for w, layer in zip(weights, layers)]
+                   for w, layer in zip(layer_weights, layers)]
             down = torch.cat([layer["lora_down.weight"].float() for layer in layers])
             result = {"lora_down.weight": down, "lora_up.weight": torch.cat(ups, dim=1), "alpha": torch.tensor(float(down.shape[0]))}
         else:
@@ -130,9 +134,19 @@ def combine(loras: Sequence[dict[str, torch.Tensor]], weights: Sequence[float], 
 # Fusing into the model, per-block scales
 # ------------------------------------------------------------------------------------------------
 
+def _activate(layer: BaseTunerLayer, names: list[str]) -> None:
+    """Set a layer's active adapters; peft's set_adapter also flips requires_grad, which is put back as it was."""
+    trainable = {name: p.requires_grad for name, p in layer.named_parameters()}
+    layer.set_adapter(names)
+    for name, p in layer.named_parameters():
+        p.requires_grad_(trainable[name])
+
+
 def fuse(pipe, adapter_name: str, scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Add an adapter's update into the base weights (W <- W + scale dW, in fp32) and return the original weights,
-    which `unfuse` puts back exactly. The adapter stays loaded but is disabled while fused."""
+    which `unfuse` puts back exactly. The adapter stays loaded but leaves each layer's active adapters, so it costs
+    nothing at inference while other adapters keep running beside it (peft's own merge makes a layer compute W x
+    alone, every other adapter included, and undoes it by subtraction, which in fp16 does not restore W)."""
     originals: dict[str, torch.Tensor] = {}
     for component, module in components(pipe).items():
         for path, layer in module.named_modules():
@@ -143,18 +157,18 @@ def fuse(pipe, adapter_name: str, scale: float = 1.0) -> dict[str, torch.Tensor]
                 originals[f"{component}.{path}"] = base.weight.detach().clone()
                 delta = layer.get_delta_weight(adapter_name).float() * scale  # (alpha / r) B A, times scale
                 base.weight.data = (base.weight.float() + delta).to(base.weight.dtype)
-                layer.set_scale(adapter_name, 0.0)  # the update now lives in W
+                _activate(layer, [a for a in layer.active_adapters if a != adapter_name])  # the update now lives in W
     return originals
 
 
 def unfuse(pipe, adapter_name: str, originals: dict[str, torch.Tensor]) -> None:
-    """Restore the weights `fuse` saved, bit for bit, and re-enable the adapter at scale 1."""
+    """Restore the weights `fuse` saved, bit for bit; the adapter runs beside them again."""
     for component, module in components(pipe).items():
         for path, layer in module.named_modules():
             key = f"{component}.{path}"
             if key in originals:
                 layer.get_base_layer().weight.data = originals[key].clone()
-                layer.set_scale(adapter_name, 1.0)
+                _activate(layer, [*layer.active_adapters, adapter_name])
 
 
 def set_block_scales(pipe, adapter_name: str, scales: dict[str, float]) -> int:

@@ -66,7 +66,12 @@ def test_fuse_gives_the_adapter_output_and_unfuse_restores_every_bit(two_loras):
     active = unet_out(pipe)
     weights = {k: v.clone() for k, v in pipe.unet.state_dict().items() if "base_layer" in k}
     saved = fuse(pipe, "a")
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for n, m in pipe.unet.named_modules() if n.endswith("lora_A.a")]
     assert torch.allclose(unet_out(pipe), active, atol=1e-5)
+    assert hooks and not calls, "a fused adapter's layers are not computed any more"
+    for hook in hooks:
+        hook.remove()
     unfuse(pipe, "a", saved)
     assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in weights.items())
     assert torch.equal(unet_out(pipe), active)
@@ -86,3 +91,20 @@ def test_block_scales(two_loras):
     assert torch.equal(unet_out(pipe), active)
     with pytest.raises(ValueError, match="No UNet block named"):
         set_block_scales(pipe, "a", {"middle": 1.0})
+
+
+def test_a_layer_only_some_loras_adapt_takes_the_others_as_zero():
+    """The shipped checkerboard LoRA adapts fewer layers than the pink LoCon: cat keeps every layer of both, exactly."""
+    from sdtune.io import read_safetensors
+    from sdtune.models.loading import ASSETS
+
+    pink, checker = (read_safetensors(ASSETS / "loras" / f"{n}.safetensors")[0] for n in ("pink", "checkerboard"))
+    p, c = group_kohya_layers(pink), group_kohya_layers(checker)
+    assert set(c) < set(p), "the premise: checkerboard adapts a subset of pink's layers"
+    merged, errors = combine([pink, checker], [1.0, 0.5], "cat")
+    m = group_kohya_layers(merged)
+    assert set(m) == set(p) and max(errors.values()) < 1e-5
+    only_pink = next(name for name in p if name not in c)
+    assert torch.allclose(layer_delta(m[only_pink]), layer_delta(p[only_pink]).float(), atol=1e-6)
+    with pytest.raises(ValueError, match="share no adapted layer"):
+        combine([pink, {k.replace("lora_unet_", "lora_te_"): v for k, v in checker.items()}], [1.0, 1.0], "cat")
