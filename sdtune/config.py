@@ -21,7 +21,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, required: tup
             continue
         name = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        text = f.metadata.get("help", "")
+        text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
         if kind is bool:
             parser.add_argument(name, action="store_true", help=text)
             continue

@@ -119,3 +119,12 @@ def test_sample_refuses_bad_options_before_loading_anything(tmp_path, monkeypatc
         main(["sample", "--model", "tiny", "--prompt", "a red circle", *args])
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_every_help_text_prints_as_written():
+    """argparse formats help with %: a field's help such as '~30% slower' must come out as written."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sdtune", "train", "lora", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "30% slower" in " ".join(out.split())
