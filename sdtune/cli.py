@@ -17,6 +17,7 @@ from .data import toyworld
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler", "lcm": "LCMScheduler"}
 
 
 def _refuse_existing(path: Path, overwrite: bool, option: str = "--out") -> None:
@@ -71,6 +72,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{option} {path}: no such file or folder (a training output folder or .safetensors file).")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.scheduler != "default":  # an LCM-LoRA samples with LCMScheduler, 2-8 steps, guidance 1-2
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(pipe.scheduler.config)
     names = [load_adapter(pipe, path, f"lora{i}", allow_pickle=args.allow_pickle) for i, (path, _) in enumerate(loras)]
     for spec in args.embedding or []:
         path, _, token = spec.partition(":")
@@ -220,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypernetwork", metavar="PATH[:STRENGTH]", help="hypernetwork folder or hypernetwork.safetensors; strength default 1")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--scheduler", choices=["default", *SCHEDULERS], default="default",
+                   help="sampler: the model's own (default), or lcm for an LCM-LoRA (then e.g. --steps 4 --guidance 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--num-images", type=int, default=1, help="images to generate, saved as one grid")
     p.add_argument("--out", required=True, help="output image file (.png)")

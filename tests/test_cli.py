@@ -128,3 +128,22 @@ def test_every_help_text_prints_as_written():
 
     out = subprocess.run([sys.executable, "-m", "sdtune", "train", "lora", "--help"], capture_output=True, text=True, check=True).stdout
     assert "30% slower" in " ".join(out.split())
+
+
+def test_sample_with_the_lcm_scheduler_matches_the_api(tmp_path):
+    """`sdtune sample --scheduler lcm` with the shipped LCM-LoRA draws what the Python API draws."""
+    import numpy as np
+    from diffusers import LCMScheduler
+
+    import sdtune
+    from sdtune.models.loading import ASSETS
+
+    lcm = ASSETS / "loras" / "lcm.safetensors"
+    out = tmp_path / "lcm.png"
+    main(["sample", "--prompt", "a red circle on a white background", "--lora", str(lcm), "--scheduler", "lcm",
+          "--steps", "2", "--guidance", "1", "--out", str(out)])
+    pipe = sdtune.load_pipeline("tiny")
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    sdtune.load_adapter(pipe, lcm, "lcm")
+    expected = sdtune.sample(pipe, ["a red circle on a white background"], 2, 1.0, seed=0)[0]
+    assert np.abs(np.asarray(Image.open(out), dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
