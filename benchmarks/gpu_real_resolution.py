@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 import sdtune
+from composite_speed import sequential_composite  # the reference n-pass composite, beside this script
 from sdtune.composition import compose
 from sdtune.data import toyworld
 from sdtune.formats.adapters import add_adapter, remove_adapter
@@ -173,7 +173,7 @@ def sampling_cases(model: Path, lora_dir: Path, steps: int, repeats: int) -> dic
             with compose(pipe, names, method) as extra:
                 results[f"{method}_3_loras_s_per_image"], _ = seconds_per_image(pipe, steps, repeats, **extra)
             results[f"{method}_3_loras_peak_gb"] = round(peak_gb(), 2)
-        results["composite_sequential_3_loras_s_per_image"] = sequential_composite(pipe, names, steps, repeats)
+        results["composite_sequential_3_loras_s_per_image"] = sequential_seconds(pipe, names, steps, repeats)
     for key, value in results.items():
         results[key] = round(value, 4) if isinstance(value, float) else value
     results["composite_batched_over_sequential"] = round(
@@ -183,19 +183,9 @@ def sampling_cases(model: Path, lora_dir: Path, steps: int, repeats: int) -> dic
     return results
 
 
-def sequential_composite(pipe, names: list[str], steps: int, repeats: int) -> float:
-    """The reference composite: per step, each LoRA active in turn, n UNet passes, predictions averaged."""
-    forward = pipe.unet.forward
-
-    def composite(*args, return_dict: bool = True, **kwargs):
-        outs = []
-        for name in names:
-            pipe.unet.set_adapters(name)
-            outs.append(forward(*args, return_dict=False, **kwargs)[0])
-        mean = torch.stack(outs).mean(0)
-        return UNet2DConditionOutput(sample=mean) if return_dict else (mean,)
-
-    pipe.unet.forward = composite
+def sequential_seconds(pipe, names: list[str], steps: int, repeats: int) -> float:
+    """Time of the reference composite (composite_speed.py's n UNet passes per step) per image."""
+    pipe.unet.forward = sequential_composite(pipe, names)
     try:
         seconds, _ = seconds_per_image(pipe, steps, repeats)
     finally:
