@@ -90,3 +90,18 @@ def test_composite_and_switch_apply_the_weights(three_loras):
         doubled = call()
     pipe.set_adapters("b", 2.0)
     assert torch.allclose(doubled, call(), atol=1e-5)
+
+
+def test_composite_refuses_dora_and_a_fused_lora(three_loras):
+    pipe = three_loras
+    add_adapter(pipe.unet, LoraConfig(r=2, use_dora=True, target_modules=["to_q"]), "d")
+    with pytest.raises(ValueError, match="d is DoRA"):
+        with compose(pipe, ["a", "d"], "composite"):
+            pass
+    remove_adapter(pipe, "d")
+    pipe.fuse_lora(adapter_names=["a"])
+    with pytest.raises(ValueError, match="a is fused into the base weights"):
+        with compose(pipe, ["a", "b"], "composite"):
+            pass
+    pipe.unfuse_lora()
+

@@ -81,3 +81,33 @@ def test_b_lora_lives_in_two_sdxl_blocks_and_recombines_across_images(sdxl, tmp_
     remove_adapter(sdxl, "mixed")
     with pytest.raises(ValueError, match="no such UNet block"):
         train(TrainConfig(data=str(tmp_path / "image0"), out=str(tmp_path / "bad"), blocks="up_blocks.7.attentions.0"), pipe=sdxl)
+
+
+def test_sdxl_composite_is_the_mean_of_the_separate_predictions(sdxl):
+    """The added conditioning (pooled text embedding, time ids) is repeated with the batch for every LoRA's copy."""
+    from peft import LoraConfig
+
+    from sdtune.composition import compose
+    from sdtune.formats.adapters import add_adapter, remove_adapter
+
+    names = ["a", "b"]
+    for i, name in enumerate(names):  # a conv LoRA too: slices of a 4-d batch
+        torch.manual_seed(i)
+        add_adapter(sdxl.unet, LoraConfig(r=2 + i, init_lora_weights=False, target_modules=["to_q", "to_v", "proj_in", "conv1"]), name)
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 64, generator=g)
+    added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.tensor([[64, 64, 0, 0, 64, 64], [64, 48, 8, 0, 64, 64.0]])}
+    with torch.no_grad():
+        separate = []
+        for name in names:
+            sdxl.set_adapters(name)
+            separate.append(sdxl.unet(z, torch.tensor([500, 20]), c, added_cond_kwargs=added).sample)
+        with compose(sdxl, names, "composite", weights=[0.5, 2.0]):
+            composite = sdxl.unet(z, torch.tensor([500, 20]), c, added_cond_kwargs=added).sample
+        for name, weight in zip(names, [0.5, 2.0]):
+            sdxl.set_adapters(name, weight)
+            separate.append(sdxl.unet(z, torch.tensor([500, 20]), c, added_cond_kwargs=added).sample)
+    for name in names:
+        remove_adapter(sdxl, name)
+    assert not torch.allclose(separate[0], separate[1], atol=1e-4)
+    assert torch.allclose(composite, torch.stack(separate[2:]).mean(0), atol=1e-5)
