@@ -69,8 +69,9 @@ def test_every_adapter_kind_trains_and_its_kohya_file_reproduces_it(adapter, tin
         assert not (out / "pytorch_lora_weights.safetensors").exists(), "diffusers has no LoHa/LoKr layout"
 
 
-def test_text_encoder_adapter_goes_into_both_layouts(tiny_pipe, striped_folder, tmp_path):
-    out = train(quick(striped_folder, tmp_path / "te", train_text_encoder=True, text_encoder_lr=5e-3), pipe=tiny_pipe)
+@pytest.mark.parametrize("adapter", ["lora", "locon"])  # LoCon's text-encoder part is plain LoRA (no convolutions there)
+def test_text_encoder_adapter_goes_into_both_layouts(adapter, tiny_pipe, striped_folder, tmp_path):
+    out = train(quick(striped_folder, tmp_path / "te", adapter=adapter, train_text_encoder=True, text_encoder_lr=5e-3), pipe=tiny_pipe)
     assert not getattr(tiny_pipe.text_encoder, "peft_config", None)
     assert any(k.startswith("text_encoder.") for k in load_file(out / "pytorch_lora_weights.safetensors"))
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj") for k in load_file(out / "te.safetensors"))

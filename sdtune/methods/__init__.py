@@ -47,6 +47,8 @@ def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: 
     modules = target_modules(targets, component)
     if blocks and component == "unet":
         modules = within_blocks(modules, blocks)
+    if kind == "locon" and component == "text_encoder":
+        kind = "lora"  # a text encoder has no convolutions: LoCon's text-encoder part is plain LoRA (as in kohya's LoCon)
     if kind in LORA_KINDS:
         return lora_config(kind, rank, alpha, modules)
     if kind == "loha":
