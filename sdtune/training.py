@@ -4,7 +4,7 @@ One step of diffusion fine-tuning, the same for SD 1.5, SDXL and the tiny model:
 
     z0  = VAE.encode(x) * scaling_factor                    (cached once: the VAE is frozen)
     c   = TextEncoder(tokens(caption))                       (cached once unless the text encoder trains)
-    t ~ U{0..T-1},  eps ~ N(0, I)   (+ noise_offset * N(0, 1) per image and channel)
+    t ~ U{t_min..t_max-1} (all T by default),  eps ~ N(0, I)   (+ noise_offset * N(0, 1) per image and channel)
     z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps             (noise_scheduler.add_noise)
     L   = w(t) || target - UNet_theta(z_t, t, c) ||^2         target = eps (or v for v-prediction models)
     w(t) = min(SNR_t, gamma) / SNR_t                         (min-SNR-gamma; 1 when off)
@@ -77,6 +77,9 @@ class TrainConfig:
     warmup_steps: int = option("Linear learning-rate warmup steps.", 0)
     min_snr_gamma: float = option("Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 = off.", 0.0)
     noise_offset: float = option("Noise offset (e.g. 0.05): lets the model learn very dark or bright images; 0 = off.", 0.0)
+    min_timestep: int = option("Train only on timesteps t >= this (kohya's --min_timestep).", 0)
+    max_timestep: int | None = option("Train only on timesteps t < this (kohya's --max_timestep); default: all of the scheduler's "
+                                      "(1000). Low-noise steps (e.g. < 600) shape texture and style, high-noise steps the layout.", None)
     caption_dropout: float = option("Fraction of steps' captions replaced by the empty prompt (keeps guidance working).", 0.0)
     flip: bool = option("Also train on horizontally flipped images.", False)
     mixed_precision: str = option("'no', 'fp16' or 'bf16' (fp16/bf16 need a GPU).", "no")
@@ -120,9 +123,11 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}.")
         if self.lr_scheduler not in SCHEDULES:
             raise ValueError(f"Unknown --lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}.")
-        for name in ("warmup_steps", "min_snr_gamma", "noise_offset", "validation_every", "checkpoint_every"):
+        for name in ("warmup_steps", "min_snr_gamma", "noise_offset", "validation_every", "checkpoint_every", "min_timestep"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        if not self.min_timestep < (self.max_timestep or 1000) <= 1000:
+            raise ValueError(f"Need --min-timestep < --max-timestep <= 1000 (SD's T), got {self.min_timestep} and {self.max_timestep}.")
         if not (self.prior_loss_weight >= 0 and math.isfinite(self.prior_loss_weight)):
             raise ValueError(f"--prior-loss-weight must be >= 0, got {self.prior_loss_weight}.")
         if self.prior_loss_weight and not self.class_prompt:
@@ -227,6 +232,8 @@ class LCMConfig(TrainConfig):
             raise ValueError("LCM distillation trains a LoRA-family adapter: use --adapter lora, locon or dora.")
         if self.train_text_encoder or self.prior_loss_weight:
             raise ValueError("LCM distillation trains the UNet's LoRA only: drop --train-text-encoder and prior preservation.")
+        if self.min_timestep or self.max_timestep is not None:
+            raise ValueError("LCM distillation takes its timesteps from the teacher's DDIM grid: drop --min-timestep and --max-timestep.")
         if not 0 <= self.w_min <= self.w_max:
             raise ValueError(f"Need 0 <= --w-min <= --w-max, got {self.w_min} and {self.w_max}.")
         if self.num_ddim_timesteps < 2 or 1000 % self.num_ddim_timesteps:
@@ -546,7 +553,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
         noise = torch.randn(z0.shape, generator=gen)
         if cfg.noise_offset:
             noise = noise + cfg.noise_offset * torch.randn(z0.shape[:2] + (1, 1), generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen)
+        t = torch.randint(cfg.min_timestep, cfg.max_timestep or noise_scheduler.config.num_train_timesteps, (n,), generator=gen)
         if cfg.caption_dropout:
             which = torch.where(torch.rand(n, generator=gen) < cfg.caption_dropout, prompts.index(""), which)
         z_t = noise_scheduler.add_noise(z0, noise, t)

@@ -1,5 +1,6 @@
 """LCM-LoRA: the consistency parameterisation, the distillation step, and sampling with LCMScheduler."""
 
+import pytest
 import torch
 from diffusers import LCMScheduler
 
@@ -28,3 +29,20 @@ def test_lcm_lora_trains_and_samples_in_four_steps(tiny_pipe, tmp_path):
     tiny_pipe.unload_lora_weights()
     tiny_pipe.scheduler = scheduler
     assert images.shape == (1, 64, 64, 3) and torch.isfinite(torch.from_numpy(images)).all()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(adapter="loha"), "LoRA-family adapter"),
+        (dict(train_text_encoder=True), "the UNet's LoRA only"),
+        (dict(w_min=6.0), "--w-min <= --w-max"),
+        (dict(num_ddim_timesteps=7), "must divide 1000"),
+        (dict(max_timestep=500), "teacher's DDIM grid"),
+    ],
+)
+def test_bad_lcm_options_are_refused_before_work(change, message, tmp_path):
+    data = toyworld.write_dataset(toyworld.sample_scenes(2, seed=0), tmp_path / "data")
+    with pytest.raises(ValueError, match=message):
+        train(LCMConfig(data=str(data), out=str(tmp_path / "lcm"), **change))
+    assert not (tmp_path / "lcm").exists()

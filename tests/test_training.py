@@ -97,10 +97,22 @@ def test_options_min_snr_noise_offset_dropout_flip_accumulation_schedule_validat
     assert len(json.loads((out / "loss.json").read_text())["loss"]) == 4
 
 
+def test_timesteps_stay_within_min_and_max_timestep(tiny_pipe, striped_folder, tmp_path):
+    seen = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda m, args: seen.extend(args[1].tolist()))
+    try:
+        train(quick(striped_folder, tmp_path / "t", min_timestep=100, max_timestep=300), pipe=tiny_pipe)
+    finally:
+        hook.remove()
+    assert seen and all(100 <= t < 300 for t in seen)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
         (dict(rank=0), "--rank must be a positive"),
+        (dict(min_timestep=500, max_timestep=400), "--min-timestep < --max-timestep"),
+        (dict(max_timestep=2000), "--max-timestep <= 1000"),
         (dict(alpha=-1.0), "--alpha must be positive"),
         (dict(adapter="ia3"), "Unknown --adapter"),
         (dict(targets="everything"), "Unknown --targets"),
