@@ -69,6 +69,22 @@ def check_composition(pipe, names: Sequence[str], method: str, weights: Sequence
     return weights
 
 
+@contextlib.contextmanager
+def adapter_per_item(unet, names: list[str]) -> Iterator[None]:
+    """Within the block, every LoRA layer of `unet` applies adapter names[i] to batch item i, in any order (peft's
+    mixed-adapter batches: one call serves prompts that each want their own LoRA)."""
+
+    def hook(module, args, kwargs):
+        return args, kwargs | {"adapter_names": names}
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in unet.modules() if isinstance(m, LoraLayer)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _grouped_forward(layer: LoraLayer, names: list[str]):
     """A forward for one LoRA layer whose input holds n equal copies of the batch, copy i for adapter names[i]:
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from sdtune.composition import compose
+from sdtune.composition import adapter_per_item, compose
 from sdtune.formats.adapters import add_adapter, remove_adapter
 
 NAMES = ["a", "b", "c"]
@@ -104,4 +104,16 @@ def test_composite_refuses_dora_and_a_fused_lora(three_loras):
         with compose(pipe, ["a", "b"], "composite"):
             pass
     pipe.unfuse_lora()
+
+
+def test_adapter_per_item_gives_each_item_its_own_lora(three_loras):
+    pipe, call = three_loras, unet_call(three_loras)
+    alone = []
+    for name in ["c", "a"]:
+        pipe.set_adapters(name)
+        alone.append(call())
+    pipe.set_adapters(NAMES)
+    with torch.no_grad(), adapter_per_item(pipe.unet, ["c", "a"]):
+        mixed = call()
+    assert torch.allclose(mixed[0], alone[0][0], atol=1e-5) and torch.allclose(mixed[1], alone[1][1], atol=1e-5)
 
