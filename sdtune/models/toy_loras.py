@@ -59,7 +59,9 @@ def presence(pipe, judge, attribute: str, value: str, n: int = 24, seed: int = 1
 
 
 LCM = dict(steps=300, lr=1e-4, rank=8, batch_size=8)
-LCM_PROMPTS = toyworld.base_prompts()[::3]  # 24 of the 72 base prompts
+# 24 of the 72 base prompts, every shape, colour and background among them (in base_prompts' order, i // 3 walks the
+# shape-colour pairs and i % 3 the backgrounds: i % 3 == (i // 3) % 3 takes one background per pair, in turn)
+LCM_PROMPTS = [s for i, s in enumerate(toyworld.base_prompts()) if i % 3 == (i // 3) % 3]
 
 
 def lcm_accuracy(pipe, judge, steps: int) -> dict[str, float]:
