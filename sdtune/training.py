@@ -126,7 +126,7 @@ class TrainConfig:
         for name in ("warmup_steps", "min_snr_gamma", "noise_offset", "validation_every", "checkpoint_every", "min_timestep"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
-        if not self.min_timestep < (self.max_timestep or 1000) <= 1000:
+        if not self.min_timestep < (1000 if self.max_timestep is None else self.max_timestep) <= 1000:
             raise ValueError(f"Need --min-timestep < --max-timestep <= 1000 (SD's T), got {self.min_timestep} and {self.max_timestep}.")
         if not (self.prior_loss_weight >= 0 and math.isfinite(self.prior_loss_weight)):
             raise ValueError(f"--prior-loss-weight must be >= 0, got {self.prior_loss_weight}.")

@@ -113,6 +113,7 @@ def test_timesteps_stay_within_min_and_max_timestep(tiny_pipe, striped_folder, t
         (dict(rank=0), "--rank must be a positive"),
         (dict(min_timestep=500, max_timestep=400), "--min-timestep < --max-timestep"),
         (dict(max_timestep=2000), "--max-timestep <= 1000"),
+        (dict(max_timestep=0), "--min-timestep < --max-timestep"),
         (dict(alpha=-1.0), "--alpha must be positive"),
         (dict(adapter="ia3"), "Unknown --adapter"),
         (dict(targets="everything"), "Unknown --targets"),
