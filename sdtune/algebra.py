@@ -142,11 +142,20 @@ def _activate(layer: BaseTunerLayer, names: list[str]) -> None:
         p.requires_grad_(trainable[name])
 
 
+def fused_adapters(pipe) -> set[str]:
+    """Names of the adapters `fuse` has added into the pipeline's base weights (and `unfuse` not yet taken out)."""
+    return {name for module in components(pipe).values() for layer in module.modules()
+            for name in getattr(layer, "sdtune_fused", ())}
+
+
 def fuse(pipe, adapter_name: str, scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Add an adapter's update into the base weights (W <- W + scale dW, in fp32) and return the original weights,
     which `unfuse` puts back exactly. The adapter stays loaded but leaves each layer's active adapters, so it costs
     nothing at inference while other adapters keep running beside it (peft's own merge makes a layer compute W x
-    alone, every other adapter included, and undoes it by subtraction, which in fp16 does not restore W)."""
+    alone, every other adapter included, and undoes it by subtraction, which in fp16 does not restore W).
+    Each layer records the fused name, so activating the adapter again (which would count its update twice) is refused."""
+    if adapter_name in fused_adapters(pipe):
+        raise ValueError(f"Adapter {adapter_name!r} is already fused into the base weights; unfuse it before fusing it again.")
     originals: dict[str, torch.Tensor] = {}
     for component, module in components(pipe).items():
         for path, layer in module.named_modules():
@@ -158,6 +167,7 @@ def fuse(pipe, adapter_name: str, scale: float = 1.0) -> dict[str, torch.Tensor]
                 delta = layer.get_delta_weight(adapter_name).float() * scale  # (alpha / r) B A, times scale
                 base.weight.data = (base.weight.float() + delta).to(base.weight.dtype)
                 _activate(layer, [a for a in layer.active_adapters if a != adapter_name])  # the update now lives in W
+                layer.sdtune_fused = {*getattr(layer, "sdtune_fused", ()), adapter_name}
     return originals
 
 
@@ -169,6 +179,7 @@ def unfuse(pipe, adapter_name: str, originals: dict[str, torch.Tensor]) -> None:
             if key in originals:
                 layer.get_base_layer().weight.data = originals[key].clone()
                 _activate(layer, [*layer.active_adapters, adapter_name])
+                layer.sdtune_fused = getattr(layer, "sdtune_fused", set()) - {adapter_name}
 
 
 def set_block_scales(pipe, adapter_name: str, scales: dict[str, float]) -> int:

@@ -29,6 +29,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from .algebra import fused_adapters
 from .formats.adapters import set_adapter_scale
 
 METHODS = ("merge", "switch", "composite")
@@ -50,6 +51,10 @@ def check_composition(pipe, names: Sequence[str], method: str, weights: Sequence
     missing = [n for n in names if n not in loaded_adapters(pipe)]
     if missing:
         raise ValueError(f"No adapter named {', '.join(missing)} in the pipeline (loaded: {', '.join(loaded_adapters(pipe)) or 'none'}).")
+    fused = sorted(set(names) & fused_adapters(pipe))
+    if fused:
+        raise ValueError(f"{', '.join(fused)} is fused into the base weights (sdtune.algebra.fuse): activating it again "
+                         "would add its update twice. Unfuse it first (sdtune.algebra.unfuse) or leave it out.")
     weights = [1.0] * len(names) if weights is None else list(weights)
     if len(weights) != len(names):
         raise ValueError(f"{len(weights)} weights for {len(names)} LoRAs: give one weight per LoRA.")

@@ -6,7 +6,8 @@ from peft import LoraConfig
 
 from unet_probe import unet_out
 
-from sdtune.algebra import combine, fuse, layer_delta, set_block_scales, unfuse
+from sdtune.algebra import combine, fuse, fused_adapters, layer_delta, set_block_scales, unfuse
+from sdtune.composition import compose
 from sdtune.formats.adapters import add_adapter, inject, kohya_tensors, kohya_to_peft, remove_adapter
 from sdtune.formats.kohya import group_kohya_layers
 
@@ -72,7 +73,14 @@ def test_fuse_gives_the_adapter_output_and_unfuse_restores_every_bit(two_loras):
     assert hooks and not calls, "a fused adapter's layers are not computed any more"
     for hook in hooks:
         hook.remove()
+    with pytest.raises(ValueError, match="already fused"):
+        fuse(pipe, "a")
+    for method in ("merge", "composite"):  # re-activating a fused LoRA would count its update twice
+        with pytest.raises(ValueError, match="^a is fused into the base weights"):
+            with compose(pipe, ["a", "b"], method):
+                pass
     unfuse(pipe, "a", saved)
+    assert fused_adapters(pipe) == set()
     assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in weights.items())
     assert torch.equal(unet_out(pipe), active)
 
