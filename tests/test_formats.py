@@ -12,7 +12,7 @@ from sdtune.formats.kohya import group_kohya_layers, kohya_metadata
 from sdtune.methods import adapter_config
 from sdtune.methods.lycoris import loha_delta, lokr_delta
 
-KINDS = {"lora": "attn", "locon": "attn-mlp-conv", "dora": "attn", "loha": "attn-mlp-conv", "lokr": "attn-mlp-conv"}
+KINDS = {"lora": "attn", "locon": "attn-mlp-conv", "dora": "attn-mlp-conv", "loha": "attn-mlp-conv", "lokr": "attn-mlp-conv"}
 
 
 def random_adapter(pipe, kind: str, name: str = "src", text_encoder: bool = False) -> None:

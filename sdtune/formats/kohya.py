@@ -13,7 +13,7 @@ and carries its tensors under that name, with `alpha` beside them (scale = alpha
 | kind | peft tensor | kohya tensor |
 |---|---|---|
 | LoRA, LoCon | lora_A.weight, lora_B.weight | lora_down.weight, lora_up.weight |
-| DoRA | + lora_magnitude_vector (out,) | + dora_scale (out, 1[, 1, 1]) |
+| DoRA | + lora_magnitude_vector (out,); a conv: (1, out, 1, 1) | + dora_scale (out, 1[, 1, 1]) |
 | LoHa | hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b | the same names |
 | LoKr | lokr_w1[_a, _b], lokr_w2[_a, _b] | the same names |
 
