@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from train_speed import peak_rss_mb  # this folder's scripts run with the folder on sys.path
 
 RECIPES = {  # (learning rate, adapted layers) per kind; None: all of the UNet's weights (full fine-tuning)
     "lora": (1e-3, "attn"),
@@ -69,7 +69,7 @@ def run_one(kind: str, style: str) -> dict:
     judge = sdtune.load_judge()
     scores = {g: agreement(judge.predict(sdtune.sample(pipe, prompts, guidance_scale=g, seed=0)), held_out) for g in GUIDANCES}
     return {"kind": kind, "lr": RECIPES[kind][0], "targets": RECIPES[kind][1] or "all", "trainable": trainable, "file_mb": file_mb, "train_s": seconds,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "scores": scores}
+            "peak_mb": peak_rss_mb(), "scores": scores}
 
 
 def main() -> None:

@@ -204,16 +204,10 @@ def kohya_to_peft(pipe, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[Pef
             ranks[path], alphas[path] = rank, alpha
             for suffix, value in layer.items():
                 if suffix != "alpha":
-                    state[f"{path}.{kohya.PEFT_NAMES[suffix]}"] = peft_dora_magnitude(layer) if suffix == "dora_scale" else value
+                    state[f"{path}.{kohya.PEFT_NAMES[suffix]}"] = kohya.dora_scale_to_peft(layer) if suffix == "dora_scale" else value
         decompose_both = any("lokr_w1_a" in layer for layer in layers.values())
         result[component] = (_peft_config(kind, ranks, alphas, decompose_both), state)
     return result
-
-
-def peft_dora_magnitude(layer: dict[str, torch.Tensor]) -> torch.Tensor:
-    """A kohya `dora_scale` (out, 1[, 1, 1]) in peft's layout: (out,) for a linear layer, (1, out, 1, 1) for a conv."""
-    scale = layer["dora_scale"].flatten()
-    return scale.reshape(1, -1, 1, 1) if layer["lora_up.weight"].dim() == 4 else scale
 
 
 def inject(pipe, adapters: dict[str, tuple[PeftConfig, dict[str, torch.Tensor]]], adapter_name: str) -> None:

@@ -79,6 +79,13 @@ def rank_of(tensors: dict[str, torch.Tensor]) -> int:
     return 0  # LoKr with both factors full: alpha is not used
 
 
+def dora_scale_to_peft(layer: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A layer's `dora_scale` (out, 1[, 1, 1]) in peft's layout, the inverse of the reshape in `layers_to_kohya`:
+    (out,) for a linear layer, (1, out, 1, 1) for a conv."""
+    scale = layer["dora_scale"].flatten()
+    return scale.reshape(1, -1, 1, 1) if layer["lora_up.weight"].dim() == 4 else scale
+
+
 def layers_to_kohya(prefix: str, layers: dict[str, dict[str, torch.Tensor]], alphas: dict[str, float]) -> dict[str, torch.Tensor]:
     """peft layers {module path: {peft suffix: tensor}} of one component -> kohya tensors."""
     out: dict[str, torch.Tensor] = {}
