@@ -10,14 +10,14 @@ from sdtune.formats import AdapterFileError, load_adapter, read_adapter_file
 from sdtune.formats.adapters import add_adapter, kohya_tensors, remove_adapter, write_diffusers_file, write_kohya_file
 from sdtune.formats.kohya import group_kohya_layers, kohya_metadata
 from sdtune.methods import adapter_config
-from sdtune.methods.lycoris import loha_delta, lokr_delta
+from sdtune.methods.lycoris import loha_delta, lokr_delta, lokr_factor_of
 
 KINDS = {"lora": "attn", "locon": "attn-mlp-conv", "dora": "attn-mlp-conv", "loha": "attn-mlp-conv", "lokr": "attn-mlp-conv"}
 
 
-def random_adapter(pipe, kind: str, name: str = "src", text_encoder: bool = False) -> None:
+def random_adapter(pipe, kind: str, name: str = "src", text_encoder: bool = False, lokr_factor: int = -1) -> None:
     """An adapter with every factor random (not the zero-start init), so every tensor matters."""
-    config = adapter_config(kind, 4, 2.0, KINDS[kind], "unet")
+    config = adapter_config(kind, 4, 2.0, KINDS[kind], "unet", lokr_factor=lokr_factor)
     if hasattr(config, "init_lora_weights"):
         config.init_lora_weights = False
     else:
@@ -62,6 +62,30 @@ def test_kohya_file_reloads_to_the_same_adapter(kind, tiny_pipe, tmp_path):
         assert torch.allclose(text_output(tiny_pipe), expected_text, atol=1e-5)
     finally:
         remove_adapter(tiny_pipe, "loaded")
+
+
+@pytest.mark.parametrize("factor", [2, 4, 16])
+def test_a_lokr_file_with_any_factor_reloads_to_the_same_adapter(factor, tiny_pipe, tmp_path):
+    base = unet_output(tiny_pipe)
+    random_adapter(tiny_pipe, "lokr", lokr_factor=factor)
+    expected = unet_output(tiny_pipe)
+    write_kohya_file(tiny_pipe, "src", tmp_path / "a.safetensors", kohya_metadata("lokr", 4, 2.0, "sdtune_tiny", lokr_factor=factor))
+    remove_adapter(tiny_pipe, "src")
+    load_adapter(tiny_pipe, tmp_path / "a.safetensors", "loaded")
+    try:
+        assert (expected - base).abs().max() > 1e-3
+        assert torch.allclose(unet_output(tiny_pipe), expected, atol=1e-5)
+        assert tiny_pipe.unet.peft_config["loaded"].decompose_factor == factor
+    finally:
+        remove_adapter(tiny_pipe, "loaded")
+
+
+def test_lokr_factor_is_found_from_the_w1_shapes():
+    # SD 1.5 widths; (out, in, W1 out, W1 in) as LyCORIS splits them at factor 8 and at the default -1
+    assert lokr_factor_of({"to_q": (320, 320, 8, 8), "to_k": (320, 768, 8, 8), "ff": (2560, 320, 8, 8)}) == 8
+    assert lokr_factor_of({"to_q": (320, 320, 16, 16), "to_k": (320, 768, 16, 24), "ff": (1280, 1280, 32, 32)}) == -1
+    with pytest.raises(ValueError, match="No single LoKr factor .* to_q"):
+        lokr_factor_of({"to_q": (64, 64, 4, 4), "to_k": (64, 64, 8, 8)})
 
 
 @pytest.mark.parametrize("kind", ["loha", "lokr"])

@@ -1,5 +1,7 @@
 """The SDXL wiring (two text encoders, pooled embedding, size/crop time ids) on tiny random SDXL components."""
 
+import json
+
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -111,3 +113,28 @@ def test_sdxl_composite_is_the_mean_of_the_separate_predictions(sdxl):
         remove_adapter(sdxl, name)
     assert not torch.allclose(separate[0], separate[1], atol=1e-4)
     assert torch.allclose(composite, torch.stack(separate[2:]).mean(0), atol=1e-5)
+
+
+def test_torch_compile_trains_the_same_adapter_as_eager(sdxl, tmp_path, monkeypatch):
+    """--torch-compile through dynamo's graph capture and AOT autograd; the inductor backend (C++ code generation,
+    about two minutes here) is left to `benchmarks/train_speed.py`, which trains with it."""
+    compiled_modules, real_compile = [], torch.compile
+
+    def aot_eager(module, **options):
+        compiled_modules.append(module)
+        return real_compile(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    data = toyworld.write_dataset(toyworld.sample_scenes(4, seed=3, styles=["striped"]), tmp_path / "data")
+    runs = {}
+    for compiled in (False, True):
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / str(compiled)), steps=3, batch_size=2, lr=1e-2, torch_compile=compiled)
+        out = train(cfg, pipe=sdxl)
+        runs[compiled] = load_file(out / "pytorch_lora_weights.safetensors"), json.loads((out / "loss.json").read_text())["loss"]
+    (eager, eager_loss), (compiled, compiled_loss) = runs[False], runs[True]
+    assert compiled_modules == [sdxl.unet], "only the --torch-compile run compiles, and it compiles the UNet"
+    assert eager_loss[0] == pytest.approx(compiled_loss[0], rel=1e-5), "the first step sees the same weights"
+    assert eager.keys() == compiled.keys()
+    moved = max(v.abs().max().item() for k, v in eager.items() if "lora_B" in k)  # B starts at zero
+    assert moved > 1e-3, "three steps at lr 1e-2 move LoRA's B off zero"
+    assert max((eager[k] - compiled[k]).abs().max().item() for k in eager) < 0.02 * moved

@@ -53,10 +53,14 @@ def test_lora_files_load_in_plain_diffusers_and_kohya_layout_gives_the_same_imag
 @pytest.mark.parametrize("adapter", ["locon", "dora", "loha", "lokr"])
 def test_every_adapter_kind_trains_and_its_kohya_file_reproduces_it(adapter, tiny_pipe, striped_folder, tmp_path):
     targets = "attn-mlp-conv" if adapter == "dora" else None  # DoRA on convolutions too: peft's conv magnitude is (1, out, 1, 1)
-    out = train(quick(striped_folder, tmp_path / adapter, adapter=adapter, targets=targets), pipe=tiny_pipe)
+    factor = 4 if adapter == "lokr" else -1  # LoKr with a factor other than the default: the loader must find it again
+    out = train(quick(striped_folder, tmp_path / adapter, adapter=adapter, targets=targets, lokr_factor=factor), pipe=tiny_pipe)
     kohya = load_file(out / f"{adapter}.safetensors")
     marker = {"locon": "resnets_0_conv1.lora_down.weight", "dora": "dora_scale", "loha": "hada_w1_a", "lokr": "lokr_w1"}[adapter]
     assert any(k.endswith(marker) for k in kohya), f"{adapter}: no {marker} key in the kohya file"
+    if adapter == "lokr":  # 64 channels split 4 x 16: W1 is 4 x 4
+        assert all(v.shape == (4, 4) for k, v in kohya.items() if k.endswith("lokr_w1") and "_proj_in" in k)
+        assert json.loads(safe_open(out / "lokr.safetensors", "pt").metadata()["ss_network_args"])["factor"] == "4"
     base = images(tiny_pipe)
     load_adapter(tiny_pipe, out / f"{adapter}.safetensors", "k")
     from_kohya = images(tiny_pipe)
@@ -119,6 +123,8 @@ def test_timesteps_stay_within_min_and_max_timestep(tiny_pipe, striped_folder, t
         (dict(adapter="ia3"), "Unknown --adapter"),
         (dict(targets="everything"), "Unknown --targets"),
         (dict(adapter="locon", targets="attn"), "LoCon is LoRA on convolutions"),
+        (dict(adapter="lora", lokr_factor=4), "--lokr-factor .* only for --adapter lokr"),
+        (dict(adapter="lokr", lokr_factor=0), "--lokr-factor is -1 or a positive integer"),
         (dict(lr=0.0), "--lr must be a positive"),
         (dict(steps=0), "--steps must be a positive"),
         (dict(caption_dropout=1.0), "--caption-dropout"),
@@ -150,3 +156,4 @@ def test_a_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tin
     assert last is not None and {p.name for p in last.iterdir()} == {"trainable.safetensors", "state.pt", "training_config.json"}
     assert not (tmp_path / "nan" / "lora.safetensors").exists()
     assert not getattr(tiny_pipe.unet, "peft_config", None)
+

@@ -26,6 +26,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from ..io import read_safetensors, staged_file
+from ..methods.lycoris import lokr_factor_of
 from . import kohya
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
@@ -156,7 +157,8 @@ def set_adapter_scale(pipe, adapter_name: str, scale: float) -> None:
                 m.set_scale(adapter_name, scale)
 
 
-def _peft_config(kind: str, ranks: dict[str, int], alphas: dict[str, float], decompose_both: bool) -> PeftConfig:
+def _peft_config(kind: str, ranks: dict[str, int], alphas: dict[str, float], decompose_both: bool = False,
+                 lokr_factor: int = -1) -> PeftConfig:
     """A peft config that rebuilds exactly these layers: per-layer rank and alpha as patterns."""
     r, alpha = Counter(ranks.values()).most_common(1)[0][0], Counter(alphas.values()).most_common(1)[0][0]
     common = dict(
@@ -168,7 +170,22 @@ def _peft_config(kind: str, ranks: dict[str, int], alphas: dict[str, float], dec
         return LoraConfig(r=r, lora_alpha=alpha, use_dora=kind == "dora", **common)
     if kind == "loha":
         return LoHaConfig(r=r, alpha=alpha, **common)
-    return LoKrConfig(r=r, alpha=alpha, decompose_both=decompose_both, **common)
+    return LoKrConfig(r=r, alpha=alpha, decompose_both=decompose_both, decompose_factor=lokr_factor, **common)
+
+
+def _lokr_factor(module: torch.nn.Module, layers: dict[str, dict[str, torch.Tensor]]) -> int:
+    """The LoKr factor that gives each layer of `module` the W1 shape it has in the file."""
+    shapes = {}
+    for path, layer in layers.items():
+        base = module.get_submodule(path)
+        linear = isinstance(base, torch.nn.Linear)
+        out, in_ = (base.out_features, base.in_features) if linear else (base.out_channels, base.in_channels // base.groups)
+        w1 = tuple(layer["lokr_w1"].shape[:2]) if "lokr_w1" in layer else (layer["lokr_w1_a"].shape[0], layer["lokr_w1_b"].shape[1])
+        shapes[path] = (out, in_, *w1)
+    try:
+        return lokr_factor_of(shapes)
+    except ValueError as error:
+        raise AdapterFileError(str(error)) from None
 
 
 def kohya_to_peft(pipe, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[PeftConfig, dict[str, torch.Tensor]]]:
@@ -205,8 +222,12 @@ def kohya_to_peft(pipe, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[Pef
             for suffix, value in layer.items():
                 if suffix != "alpha":
                     state[f"{path}.{kohya.PEFT_NAMES[suffix]}"] = kohya.dora_scale_to_peft(layer) if suffix == "dora_scale" else value
-        decompose_both = any("lokr_w1_a" in layer for layer in layers.values())
-        result[component] = (_peft_config(kind, ranks, alphas, decompose_both), state)
+        if kind == "lokr":
+            decompose_both = any("lokr_w1_a" in layer for layer in layers.values())
+            config = _peft_config(kind, ranks, alphas, decompose_both, _lokr_factor(components(pipe)[component], layers))
+        else:
+            config = _peft_config(kind, ranks, alphas)
+        result[component] = (config, state)
     return result
 
 
@@ -320,7 +341,8 @@ def convert_file(pipe, src: str | Path, dst: str | Path, to: str, allow_pickle: 
             config = next(m.peft_config[name] for m in components(pipe).values() if has_adapter(m, name))
             kind = {"LOHA": "loha", "LOKR": "lokr"}.get(str(config.peft_type).split(".")[-1], "dora" if getattr(config, "use_dora", False) else "lora")
             alpha = getattr(config, "lora_alpha", getattr(config, "alpha", config.r))
-            meta = kohya.kohya_metadata(kind, config.r, alpha, "unknown", {"ss_training_comment": f"converted by sdtune from {Path(src).name}"})
+            meta = kohya.kohya_metadata(kind, config.r, alpha, "unknown", {"ss_training_comment": f"converted by sdtune from {Path(src).name}"},
+                                        getattr(config, "decompose_factor", -1))
             write_kohya_file(pipe, name, Path(dst), meta)
     finally:
         remove_adapter(pipe, name)

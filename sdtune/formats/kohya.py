@@ -115,12 +115,15 @@ def group_kohya_layers(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, 
     return layers
 
 
-def kohya_metadata(kind: str, rank: int, alpha: float, base_model: str, extra: dict | None = None) -> dict[str, str]:
+def kohya_metadata(kind: str, rank: int, alpha: float, base_model: str, extra: dict | None = None,
+                   lokr_factor: int = -1) -> dict[str, str]:
     """The `ss_*` header fields kohya's sd-scripts write and the WebUI shows."""
     lycoris = kind in ("loha", "lokr")
     args = {"algo": kind} if lycoris else {}
     if kind in ("locon", "loha", "lokr"):
         args.update(conv_dim=str(rank), conv_alpha=str(alpha))
+    if kind == "lokr":
+        args["factor"] = str(lokr_factor)
     if kind == "dora":
         args["dora_wd"] = "true"
     meta = {

@@ -42,8 +42,10 @@ def within_blocks(suffixes: list[str], blocks: list[str]) -> str:
     return rf"^(?:{'|'.join(map(re.escape, blocks))})\..*\.(?:{'|'.join(map(re.escape, suffixes))})$"
 
 
-def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: str = "unet", blocks: list[str] | None = None) -> PeftConfig:
-    """The peft config of one adapter kind on one component ('unet' or 'text_encoder'), optionally only in some UNet blocks."""
+def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: str = "unet", blocks: list[str] | None = None,
+                   lokr_factor: int = -1) -> PeftConfig:
+    """The peft config of one adapter kind on one component ('unet' or 'text_encoder'), optionally only in some UNet blocks;
+    `lokr_factor` is LoKr's split of each layer (see `lycoris.py`)."""
     modules = target_modules(targets, component)
     if blocks and component == "unet":
         modules = within_blocks(modules, blocks)
@@ -54,5 +56,5 @@ def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: 
     if kind == "loha":
         return loha_config(rank, alpha, modules)
     if kind == "lokr":
-        return lokr_config(rank, alpha, modules)
+        return lokr_config(rank, alpha, modules, lokr_factor)
     raise ValueError(f"Unknown adapter {kind!r}: choose one of {', '.join(ADAPTER_KINDS)}, or train full.")
