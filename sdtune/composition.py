@@ -55,6 +55,11 @@ def check_composition(pipe, names: Sequence[str], method: str, weights: Sequence
     if fused:
         raise ValueError(f"{', '.join(fused)} is fused into the base weights (sdtune.algebra.fuse): activating it again "
                          "would add its update twice. Unfuse it first (sdtune.algebra.unfuse) or leave it out.")
+    merged = sorted({n for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer) for n in m.merged_adapters})
+    if merged:  # peft's merged layers compute W x alone: no other adapter acts there
+        raise ValueError(f"{', '.join(merged)} is merged into the base weights by peft (pipe.fuse_lora()), and peft's merged "
+                         "layers then ignore every other adapter. Call pipe.unfuse_lora() first, or fuse with "
+                         "sdtune.algebra.fuse, which keeps the other adapters running.")
     weights = [1.0] * len(names) if weights is None else list(weights)
     if len(weights) != len(names):
         raise ValueError(f"{len(weights)} weights for {len(names)} LoRAs: give one weight per LoRA.")
@@ -67,10 +72,6 @@ def check_composition(pipe, names: Sequence[str], method: str, weights: Sequence
         if dora:
             raise ValueError(f"composite adds plain LoRA updates per batch slice; {', '.join(dora)} is DoRA (its update rescales "
                              "the whole weight): use merge or switch.")
-        fused = sorted({n for m in layers for n in m.merged_adapters if n in names})
-        if fused:
-            raise ValueError(f"{', '.join(fused)} is fused into the base weights, so it would act on every LoRA's prediction: "
-                             "unfuse it first (pipe.unfuse_lora()) or leave it out of the composite.")
     return weights
 
 

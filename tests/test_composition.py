@@ -92,18 +92,35 @@ def test_composite_and_switch_apply_the_weights(three_loras):
     assert torch.allclose(doubled, call(), atol=1e-5)
 
 
-def test_composite_refuses_dora_and_a_fused_lora(three_loras):
+def test_composite_refuses_dora(three_loras):
     pipe = three_loras
     add_adapter(pipe.unet, LoraConfig(r=2, use_dora=True, target_modules=["to_q"]), "d")
     with pytest.raises(ValueError, match="d is DoRA"):
         with compose(pipe, ["a", "d"], "composite"):
             pass
     remove_adapter(pipe, "d")
+
+
+@pytest.mark.parametrize("method", ["merge", "switch", "composite"])
+def test_a_lora_merged_by_peft_is_refused_by_every_method(three_loras, method):
+    """pipe.fuse_lora() (peft's merge) makes each merged layer compute its base weight alone: any other adapter
+    asked for would silently do nothing there."""
+    pipe, call = three_loras, unet_call(three_loras)
+    with torch.no_grad():
+        pipe.set_adapters("a")
+        with_a = call()
+        pipe.set_adapters(["a", "b", "c"])
+        assert (call() - with_a).abs().max() > 1e-2, "b and c change the prediction"
     pipe.fuse_lora(adapter_names=["a"])
-    with pytest.raises(ValueError, match="a is fused into the base weights"):
-        with compose(pipe, ["a", "b"], "composite"):
-            pass
-    pipe.unfuse_lora()
+    try:
+        pipe.set_adapters(["b", "c"])
+        with torch.no_grad():
+            assert (call() - with_a).abs().max() < 1e-4, "b and c act nowhere: the merged layers run W + dW_a only"
+        with pytest.raises(ValueError, match="a is merged into the base weights by peft"):
+            with compose(pipe, ["b", "c"], method):
+                pass
+    finally:
+        pipe.unfuse_lora()
 
 
 def test_adapter_per_item_gives_each_item_its_own_lora(three_loras):
