@@ -77,6 +77,8 @@ class TrainConfig:
     text_encoder_lr: float | None = option("Learning rate of the text encoder's adapter. Default: --lr.", None)
     lr_scheduler: str = option(f"Learning-rate schedule after warmup: {', '.join(SCHEDULES)}.", "constant")
     warmup_steps: int = option("Linear learning-rate warmup steps.", 0)
+    max_grad_norm: float = option("Clip the gradients' total norm to this before each step (kohya and the diffusers examples use 1); "
+                                  "0 = no clipping.", 0.0)
     min_snr_gamma: float = option("Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 = off.", 0.0)
     noise_offset: float = option("Noise offset (e.g. 0.05): lets the model learn very dark or bright images; 0 = off.", 0.0)
     min_timestep: int = option("Train only on timesteps t >= this (kohya's --min_timestep).", 0)
@@ -131,7 +133,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}.")
         if self.lr_scheduler not in SCHEDULES:
             raise ValueError(f"Unknown --lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}.")
-        for name in ("warmup_steps", "min_snr_gamma", "noise_offset", "validation_every", "checkpoint_every", "min_timestep"):
+        for name in ("warmup_steps", "max_grad_norm", "min_snr_gamma", "noise_offset", "validation_every", "checkpoint_every", "min_timestep"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
         if not self.min_timestep < (1000 if self.max_timestep is None else self.max_timestep) <= 1000:
@@ -606,6 +608,9 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, pipe, unet, text_encoders, 
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
             # log the loss of the whole global batch, as a single process would
             total = float(accelerator.reduce(torch.tensor(total, device=device), reduction="mean"))
+        if cfg.max_grad_norm:  # g <- g min(1, max / ||g||), on the true (unscaled, with fp16) gradients; one kernel per step
+            accelerator.unscale_gradients()
+            torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.max_grad_norm, foreach=True)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

@@ -5,6 +5,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from adapter_images import through_both_layouts
 from sdtune.data import toyworld
@@ -102,6 +103,24 @@ def test_options_min_snr_noise_offset_dropout_flip_accumulation_schedule_validat
     assert len(json.loads((out / "loss.json").read_text())["loss"]) == 4
 
 
+def test_max_grad_norm_clips_what_the_optimizer_steps_with(tiny_pipe, striped_folder, tmp_path):
+    norms = []
+
+    def record(optimizer, args, kwargs):  # runs before every optimizer step, after the clipping
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    hook = register_optimizer_step_pre_hook(record)
+    try:
+        train(quick(striped_folder, tmp_path / "free", steps=3), pipe=tiny_pipe)
+        limit = min(norms) / 10  # below every unclipped norm, so each step is clipped
+        norms.clear()
+        train(quick(striped_folder, tmp_path / "clipped", steps=3, max_grad_norm=limit), pipe=tiny_pipe)
+    finally:
+        hook.remove()
+    assert len(norms) == 3 and all(n == pytest.approx(limit, rel=1e-3) for n in norms)
+
+
 def test_timesteps_stay_within_min_and_max_timestep(tiny_pipe, striped_folder, tmp_path):
     seen = []
     hook = tiny_pipe.unet.register_forward_pre_hook(lambda m, args: seen.extend(args[1].tolist()))
@@ -126,6 +145,7 @@ def test_timesteps_stay_within_min_and_max_timestep(tiny_pipe, striped_folder, t
         (dict(adapter="lora", lokr_factor=4), "--lokr-factor .* only for --adapter lokr"),
         (dict(adapter="lokr", lokr_factor=0), "--lokr-factor is -1 or a positive integer"),
         (dict(lr=0.0), "--lr must be a positive"),
+        (dict(max_grad_norm=-1.0), "--max-grad-norm must be >= 0"),
         (dict(steps=0), "--steps must be a positive"),
         (dict(caption_dropout=1.0), "--caption-dropout"),
         (dict(validation_every=5), "--validation-prompt"),
