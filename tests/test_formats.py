@@ -80,6 +80,24 @@ def test_a_lokr_file_with_any_factor_reloads_to_the_same_adapter(factor, tiny_pi
         remove_adapter(tiny_pipe, "loaded")
 
 
+def test_a_lokr_file_loads_beside_an_adapter_already_on_its_layers(tiny_pipe, tmp_path):
+    random_adapter(tiny_pipe, "lokr", lokr_factor=4)
+    expected = unet_output(tiny_pipe)
+    write_kohya_file(tiny_pipe, "src", tmp_path / "a.safetensors", kohya_metadata("lokr", 4, 2.0, "sdtune_tiny", lokr_factor=4))
+    remove_adapter(tiny_pipe, "src")
+    random_adapter(tiny_pipe, "lora", name="other")  # the factor is read from the layers under this LoRA
+    try:
+        load_adapter(tiny_pipe, tmp_path / "a.safetensors", "loaded")
+        assert tiny_pipe.unet.peft_config["loaded"].decompose_factor == 4
+        for m in tiny_pipe.unet.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.set_adapter("loaded")
+        assert torch.allclose(unet_output(tiny_pipe), expected, atol=1e-5)
+    finally:
+        remove_adapter(tiny_pipe, "loaded")
+        remove_adapter(tiny_pipe, "other")
+
+
 def test_lokr_factor_is_found_from_the_w1_shapes():
     # SD 1.5 widths; (out, in, W1 out, W1 in) as LyCORIS splits them at factor 8 and at the default -1
     assert lokr_factor_of({"to_q": (320, 320, 8, 8), "to_k": (320, 768, 8, 8), "ff": (2560, 320, 8, 8)}) == 8

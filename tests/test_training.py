@@ -176,4 +176,3 @@ def test_a_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tin
     assert last is not None and {p.name for p in last.iterdir()} == {"trainable.safetensors", "state.pt", "training_config.json"}
     assert not (tmp_path / "nan" / "lora.safetensors").exists()
     assert not getattr(tiny_pipe.unet, "peft_config", None)
-

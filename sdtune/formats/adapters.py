@@ -178,6 +178,8 @@ def _lokr_factor(module: torch.nn.Module, layers: dict[str, dict[str, torch.Tens
     shapes = {}
     for path, layer in layers.items():
         base = module.get_submodule(path)
+        if isinstance(base, BaseTunerLayer):  # the layer already holds another adapter
+            base = base.get_base_layer()
         linear = isinstance(base, torch.nn.Linear)
         out, in_ = (base.out_features, base.in_features) if linear else (base.out_channels, base.in_channels // base.groups)
         w1 = tuple(layer["lokr_w1"].shape[:2]) if "lokr_w1" in layer else (layer["lokr_w1_a"].shape[0], layer["lokr_w1_b"].shape[1])
