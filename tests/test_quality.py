@@ -39,7 +39,7 @@ def test_vae_round_trip_keeps_base_and_novel_concepts(shipped, judge):
     y = round_trip(shipped.vae, x)
     scores = agreement(judge.predict(y), scenes)
     assert all(scores[k] >= 0.95 for k in ("shape", "colour", "background")), scores
-    assert scores["style"] >= 0.90, scores  # the bar is 97%: shading and outlines are sometimes returned flat
+    assert scores["style"] >= 0.95, scores
     assert psnr(y, x) >= 25.0
     base = toyworld.sample_scenes(200, seed=778)
     assert all(v >= 0.97 for v in agreement(judge.predict(round_trip(shipped.vae, _images(base))), base).values())
@@ -56,6 +56,6 @@ def test_the_committed_log_records_the_bars():
     assert min(log["judge"]["accuracy_fresh_images"].values()) >= 0.98
     assert min(log["vae_shipped"]["judge_after_round_trip_base"].values()) >= 0.97
     novel = log["vae_shipped"]["judge_after_round_trip_all_concepts"]
-    assert min(novel[k] for k in ("shape", "colour", "background")) >= 0.97 and novel["style"] >= 0.93
+    assert min(novel.values()) >= 0.97, novel
     assert log["vae_shipped"]["psnr_base"] >= 25 and log["vae_shipped"]["psnr_all_concepts"] >= 25
     assert np.isfinite(log["vae_shipped"]["psnr_broad_random"])

@@ -9,8 +9,9 @@ Stages, each seeded:
 3. VAE: trained like SD's on *everything*: base and novel concepts and broad random images, with an L1 +
    L2 + image-gradient reconstruction loss, an LPIPS-style perceptual term through a second small classifier
    and a small KL term; its latents are standardised per channel (`tiny.bake_latent_normalization`); then
-   its decoder is refined with the encoder frozen (`refine_decoder`; `--decoder-init` runs only this stage,
-   with a new judge, on a finished run);
+   it is refined (`refine_vae`): the decoder, and the encoder with the latents of base images anchored where
+   they were, so the UNet's training data stay put (`--decoder-init` runs only this stage, with a new judge,
+   on a finished run);
 4. text encoder + UNet, from scratch, on base concepts only: the usual epsilon-prediction loss on cached
    VAE latents, min-SNR weighting, 10% caption dropout (for classifier-free guidance) and partial captions
    ("a red shape", "a circle"), with an exponential moving average of the weights.
@@ -51,15 +52,18 @@ class PretrainConfig:
     seed: int = option("Seed of every stage.", 0)
     judge_steps: int = option("Judge training steps.", 1200)
     judge_batch: int = option("Judge batch size.", 64)
-    perceptual_steps: int = option("Training steps of the VAE's perceptual network (a second, smaller judge).", 400)
+    perceptual_steps: int = option("Training steps of the VAE's perceptual network (a second, smaller judge).", 1200)
     perceptual_weight: float = option("Weight of the VAE's perceptual loss (LPIPS-style, on that network's features).", 1.0)
     vae_steps: int = option("VAE training steps.", 4500)
     vae_batch: int = option("VAE batch size.", 12)
     vae_lr: float = option("VAE peak learning rate (cosine schedule).", 1e-3)
     kl_weight: float = option("Weight of the VAE's KL term, per latent element.", 1e-6)
-    decoder_steps: int = option("Steps of the decoder refinement (encoder frozen, so the latent space stays).", 3000)
-    decoder_lr: float = option("Peak learning rate of the decoder refinement.", 5e-4)
-    semantic_weight: float = option("Weight of the refinement's term: the perceptual network names the image's attributes.", 0.05)
+    decoder_steps: int = option("Steps of the VAE refinement (the decoder, and the encoder if --encoder-anchor > 0).", 3000)
+    decoder_lr: float = option("Peak learning rate of the VAE refinement.", 3e-4)
+    semantic_weight: float = option("Weight of the refinement's term: the perceptual network names the image's attributes.", 0.15)
+    encoder_anchor: float = option(
+        "Weight of the refinement's anchor on base images' latents, ||E(x) - E_before(x)||^2; with a weight > 0 the "
+        "encoder trains too (novel concepts may move, base ones stay where the UNet learned them); 0 = encoder frozen.", 10.0)
     unet_steps: int = option("Text encoder + UNet training steps.", 3500)
     unet_batch: int = option("Text encoder + UNet batch size.", 64)
     unet_lr: float = option("Text encoder + UNet peak learning rate (cosine schedule).", 6e-4)
@@ -75,8 +79,8 @@ class PretrainConfig:
     unet_init: str = option("A tiny-sd folder whose text encoder + UNet to continue training ('' = from scratch).", "")
     resume_stages: bool = option("Reuse the judge and VAE an interrupted run left in --out/stages.", False)
     decoder_init: str = option(
-        "A finished run's tiny-sd folder to continue: train a new judge and refine its VAE decoder on the current "
-        "toy world for --decoder-steps, keeping its encoder, text encoder and UNet ('' = train every stage).", "")
+        "A finished run's tiny-sd folder to continue: train a new judge and refine its VAE on the current toy "
+        "world for --decoder-steps, keeping its text encoder and UNet and its base latents ('' = train every stage).", "")
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -254,46 +258,71 @@ def _labelled_bank(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Ten
     return _to_tensor(arrays), labels
 
 
-def refine_decoder(cfg: PretrainConfig, log: dict, vae, judge: Judge, perceptual: Judge):
-    """Fine-tune the decoder with the encoder frozen, as Stability AI refined SD's VAE decoder (ft-EMA,
-    ft-MSE): the latents, hence the UNet's training data, do not change. The data lean on the novel concepts,
-    and a semantic term asks that the perceptual network name the reconstruction's attributes:
+def refine_vae(cfg: PretrainConfig, log: dict, vae, judge: Judge, perceptual: Judge):
+    """Refine the VAE on data that lean on the novel concepts, as Stability AI refined SD's VAE decoder (ft-EMA,
+    ft-MSE), with a semantic term: the perceptual network must name the reconstruction's attributes. With
+    --encoder-anchor > 0 the encoder trains too: a frozen VAE's encoder could map a shaded green shape and a flat
+    one to nearly the same latent, which no decoder can tell apart. Its anchor keeps the latents of base
+    images, the UNet's whole training data, where they were:
 
-        L = pixel(x, D(z)) + w_p perceptual(x, D(z)) + w_s sum_a CE(f_a(D(z)), a(x)),   z ~ E(x) frozen
+        L = pixel(x, D(z)) + w_p perceptual(x, D(z)) + w_s sum_a CE(f_a(D(z)), a(x)) + w_e [x base] ||mu(x) - mu_0(x)||^2,
+        z ~ E(x),  mu_0: the encoder before refinement
     """
     torch.manual_seed(cfg.seed + 8)
     gen = torch.Generator().manual_seed(cfg.seed + 8)
+    train_encoder = cfg.encoder_anchor > 0
+    before = copy.deepcopy(vae).requires_grad_(False) if train_encoder else None
     vae.requires_grad_(False)
-    trained = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    parts = [vae.post_quant_conv, vae.decoder] + ([vae.encoder, vae.quant_conv] if train_encoder else [])
+    trained = [p for part in parts for p in part.parameters()]
     for p in trained:
         p.requires_grad_(True)
     images, labels = _labelled_bank(min(24000, cfg.decoder_steps * cfg.vae_batch), cfg.seed + 9)
+    is_base = torch.zeros(len(images), dtype=torch.bool)
+    is_base[: 3 * len(images) // 10] = True  # _labelled_bank puts its base-concept images first
     opt = torch.optim.AdamW(trained, lr=cfg.decoder_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.decoder_steps, 100))
     vae = vae.to(memory_format=torch.channels_last)
     start = time.time()
-    for step in (bar := tqdm(range(cfg.decoder_steps), desc="vae decoder")):
+    for step in (bar := tqdm(range(cfg.decoder_steps), desc="vae refinement")):
         idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=gen)
         x = (images[idx] * 2 - 1).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=gen)
+        with torch.set_grad_enabled(train_encoder):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample(generator=gen)
         recon = vae.decode(z).sample
         rec = pixel_loss(recon, x)
         perc = perceptual_distance(perceptual, recon, x)
         logits = perceptual((recon + 1) / 2)
         sem = sum(F.cross_entropy(logits[k], labels[k][idx], ignore_index=-1) for k in logits)
         loss = rec + cfg.perceptual_weight * perc + cfg.semantic_weight * sem
+        anchor = torch.zeros(())
+        if train_encoder and is_base[idx].any():
+            base = is_base[idx]
+            with torch.no_grad():
+                mu_0 = before.encode(x[base]).latent_dist.mean
+            anchor = (posterior.mean[base] - mu_0).pow(2).mean()  # latents are standardised: units of a channel's std
+            loss = loss + cfg.encoder_anchor * anchor
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         sched.step()
-        bar.set_postfix(rec=f"{rec.item():.4f}", perc=f"{perc.item():.4f}", sem=f"{sem.item():.3f}")
+        bar.set_postfix(rec=f"{rec.item():.4f}", perc=f"{perc.item():.4f}", sem=f"{sem.item():.3f}", anchor=f"{anchor.item():.4f}")
     vae = vae.to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
     log["vae_decoder_refinement"] = {"steps": cfg.decoder_steps, "minutes": (time.time() - start) / 60,
                                      **evaluate_vae(vae, judge, cfg.seed + 4, cfg.eval_images)}
-    print("vae after decoder refinement:", log["vae_decoder_refinement"])
+    if train_encoder:
+        log["vae_decoder_refinement"]["base_latent_rms_shift"] = base_latent_shift(before, vae, cfg.seed + 4, cfg.eval_images)
+    print("vae after refinement:", log["vae_decoder_refinement"])
     return vae
+
+
+@torch.no_grad()
+def base_latent_shift(before, after, seed: int, n: int) -> float:
+    """Root-mean-square change of base images' latents (posterior means), in units of a channel's std."""
+    x = _to_tensor([toyworld.render_array(s) for s in toyworld.sample_scenes(n, seed)]) * 2 - 1
+    return float((after.encode(x).latent_dist.mean - before.encode(x).latent_dist.mean).pow(2).mean().sqrt())
 
 
 @torch.no_grad()
@@ -432,14 +461,14 @@ def judge_and_vae(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, Aut
         vae.save_pretrained(stages / "vae")
         (stages / "vae_log.json").write_text(json.dumps({"vae": log["vae"]}))
     if cfg.decoder_steps:
-        vae = refine_decoder(cfg, log, vae, judge, perceptual)
+        vae = refine_vae(cfg, log, vae, judge, perceptual)
         vae.save_pretrained(stages / "vae_refined")
         (stages / "vae_log.json").write_text(json.dumps({k: log[k] for k in ("vae", "vae_decoder_refinement")}))
     return judge, vae
 
 
 def continue_decoder(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, StableDiffusionPipeline]:
-    """A new judge and perceptual network on the current toy world, then `refine_decoder` on a finished
+    """A new judge and perceptual network on the current toy world, then `refine_vae` on a finished
     run's VAE: how a change of the toy world's renderings reaches a shipped model without retraining its UNet."""
     source = Path(cfg.decoder_init)
     log["continued_from"] = json.loads((source.parent / "pretrain_log.json").read_text())
@@ -448,7 +477,7 @@ def continue_decoder(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, 
     perceptual = perceptual_network(cfg, log)
     pipe = StableDiffusionPipeline.from_pretrained(source, dtype=torch.float32)
     log["vae_before_refinement"] = evaluate_vae(pipe.vae, judge, cfg.seed + 4, cfg.eval_images)
-    pipe.vae = refine_decoder(cfg, log, pipe.vae, judge, perceptual)
+    pipe.vae = refine_vae(cfg, log, pipe.vae, judge, perceptual)
     return judge, pipe
 
 
@@ -459,7 +488,7 @@ def main(cfg: PretrainConfig) -> dict:
     log: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads()}
     start = time.time()
 
-    if cfg.decoder_init:  # the encoder is kept, so the latent space and with it the UNet stay valid
+    if cfg.decoder_init:  # base images' latents are kept (encoder frozen or anchored), so the UNet stays valid
         judge, pipe = continue_decoder(cfg, out, log)
         unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
         vocab_dir = Path(cfg.decoder_init) / "tokenizer"
