@@ -307,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("pretrain", help="retrain the tiny model and judge (python -m sdtune.models.pretrain --help)", add_help=False)
-    p.add_argument("pretrain_args", nargs=argparse.REMAINDER)
+    # its options (and --help) belong to the pretraining script's own parser: main() hands them over
+    p = sub.add_parser("pretrain", help="retrain the tiny model and judge (sdtune pretrain --help lists its options)", add_help=False)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("info", help="versions, device and the tiny model's measured quality")
@@ -317,7 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "pretrain":
+        args.pretrain_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         args.func(args)
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:

@@ -147,3 +147,12 @@ def test_sample_with_the_lcm_scheduler_matches_the_api(tmp_path):
     sdtune.load_adapter(pipe, lcm, "lcm")
     expected = sdtune.sample(pipe, ["a red circle on a white background"], 2, 1.0, seed=0)[0]
     assert np.abs(np.asarray(Image.open(out), dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+
+
+def test_pretrain_hands_its_options_to_the_pretraining_script(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["pretrain", "--help"])
+    assert done.value.code == 0 and "--encoder-anchor" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as error:
+        main(["info", "--quick"])  # a pretraining option on another command is refused
+    assert error.value.code == 2 and "unrecognized arguments: --quick" in capsys.readouterr().err
