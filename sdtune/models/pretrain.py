@@ -247,15 +247,17 @@ def train_vae(cfg: PretrainConfig, log: dict, judge: Judge, perceptual: Judge):
     return vae
 
 
-def _labelled_bank(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """30% base, 60% any-concept (so 48% novel styles), 10% broad images; labels -1 where there are none."""
+def _labelled_bank(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """30% base, 60% any-concept (so 48% novel styles), 10% broad images; labels -1 where there are none, and
+    which images are the base-concept ones."""
     rng = np.random.default_rng(seed)
     n_base, n_all = 3 * n // 10, 6 * n // 10
     scenes = toyworld.sample_scenes(n_base, seed) + all_concept_scenes(n_all, seed + 1)
     arrays = [toyworld.render_array(s) for s in scenes] + [toyworld.broad_image(rng) for _ in range(n - len(scenes))]
     labels = {k: torch.tensor([v.index(getattr(s, k)) for s in scenes] + [-1] * (n - len(scenes)))
               for k, v in toyworld.ATTRIBUTES.items()}
-    return _to_tensor(arrays), labels
+    is_base = torch.arange(n) < n_base
+    return _to_tensor(arrays), labels, is_base
 
 
 def refine_vae(cfg: PretrainConfig, log: dict, vae, judge: Judge, perceptual: Judge):
@@ -277,9 +279,7 @@ def refine_vae(cfg: PretrainConfig, log: dict, vae, judge: Judge, perceptual: Ju
     trained = [p for part in parts for p in part.parameters()]
     for p in trained:
         p.requires_grad_(True)
-    images, labels = _labelled_bank(min(24000, cfg.decoder_steps * cfg.vae_batch), cfg.seed + 9)
-    is_base = torch.zeros(len(images), dtype=torch.bool)
-    is_base[: 3 * len(images) // 10] = True  # _labelled_bank puts its base-concept images first
+    images, labels, is_base = _labelled_bank(min(24000, cfg.decoder_steps * cfg.vae_batch), cfg.seed + 9)
     opt = torch.optim.AdamW(trained, lr=cfg.decoder_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.decoder_steps, 100))
     vae = vae.to(memory_format=torch.channels_last)
