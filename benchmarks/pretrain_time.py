@@ -6,8 +6,9 @@ Runs every stage of `sdtune.models.pretrain` for a few steps at the default batc
 perceptual network, VAE, VAE refinement with the encoder, text encoder + UNet), times each training loop, and
 projects a full run: loop seconds per step x the default number of steps, plus the time to render each stage's
 image bank at the measured rendering speed. Evaluations are not counted (about 2-3 minutes in a full run's log).
-The projection is no substitute for one measured run (`total_minutes` in `pretrain_log.json`); it tells how far
-this machine is from the 2-hour budget before spending the 2 hours.
+The projection is no substitute for one measured run (`total_minutes` in `pretrain_log.json`; one from-scratch
+run took 89.4 minutes: `benchmarks/results/pretrain_from_scratch_cpu.json`); it tells how far this machine is from
+the 2-hour budget before spending the 2 hours.
 """
 
 import argparse

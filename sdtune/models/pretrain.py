@@ -1,6 +1,6 @@
 """Pretrain the tiny Stable Diffusion and its judge on the toy world, reproducibly, on a CPU.
 
-    python -m sdtune.models.pretrain --out sdtune/assets            # every stage (83-130 min projected, 2 cores)
+    python -m sdtune.models.pretrain --out sdtune/assets            # every stage (89 min measured on 2 cores)
     python -m sdtune.models.pretrain --out /tmp/t --quick            # a smoke run in seconds (the tests use it)
 
 Stages, each seeded:
