@@ -17,3 +17,24 @@ if _workers > 1:
     import torch
 
     torch.set_num_threads(_threads)
+
+
+def pytest_configure(config):
+    """The chapters' "at scale" cells run in the tests on tiny random SD 1.5 and SDXL pipelines (sdtune.course.at_scale):
+    built once per machine into the cache (keyed by the builder's source), and named in the environment, which the
+    notebook kernels that nbval starts inherit."""
+    import hashlib
+    from pathlib import Path
+
+    from sdtune.course.at_scale import ENV
+    from sdtune.io import staged_folder
+    from sdtune.models import architectures
+
+    key = hashlib.sha256(Path(architectures.__file__).read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get("SDTUNE_CACHE", Path.home() / ".cache" / "sdtune")) / "random-pipelines" / key
+    for kind, variable in ENV.items():
+        folder = root / kind
+        if not (folder / "model_index.json").is_file():
+            with staged_folder(folder, record=False) as tmp:
+                architectures.save_random_pipeline(kind, tmp, small=True)
+        os.environ.setdefault(variable, str(folder))

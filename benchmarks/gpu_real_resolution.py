@@ -24,18 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 import sdtune
 from composite_speed import sequential_composite  # the reference n-pass composite, beside this script
 from sdtune.composition import compose
 from sdtune.data import toyworld
 from sdtune.formats.adapters import add_adapter, remove_adapter
-from sdtune.models.loading import TINY_PATH
-from sdtune.models.tiny import SCHEDULER_CONFIG
+from sdtune.models.architectures import random_pipeline
 from sdtune.training import TrainConfig, train
 
 CUDA = torch.cuda.is_available()
@@ -43,59 +40,13 @@ DEVICE = "cuda" if CUDA else "cpu"
 GB = 1e9
 
 
-def text_config(small: bool, xl_big: bool, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
-    """CLIP ViT-L/14's text tower (SD 1.5, SDXL's first encoder) or OpenCLIP bigG's (SDXL's second)."""
-    if small:
-        size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
-    elif xl_big:
-        size = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280,
-                    hidden_act="gelu")
-    else:
-        size = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768)
-    return CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **size)
-
-
-def vae(small: bool, resolution: int, scaling: float) -> AutoencoderKL:
-    widths = (16, 32, 32, 32) if small else (128, 256, 512, 512)
-    return AutoencoderKL(block_out_channels=widths, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
-                         norm_num_groups=8 if small else 32, sample_size=resolution, scaling_factor=scaling)
-
-
 def build(kind: str, folder: Path, small: bool) -> dict:
     """Write a random-weight pipeline of `kind` ('sd15' or 'sdxl') in fp16 to `folder`; return its parameter counts."""
-    tokenizer = CLIPTokenizer.from_pretrained(TINY_PATH / "tokenizer")
-    tokenizer.model_max_length = 77
-    torch.manual_seed(0)
-    with torch.device(DEVICE):
-        if kind == "sd15":
-            resolution = 64 if small else 512
-            unet = UNet2DConditionModel(
-                sample_size=resolution // 8, block_out_channels=(32, 32, 64, 64) if small else (320, 640, 1280, 1280),
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, layers_per_block=2,
-                cross_attention_dim=32 if small else 768, attention_head_dim=8, norm_num_groups=8 if small else 32)
-            pipe = StableDiffusionPipeline(vae=vae(small, resolution, 0.18215), text_encoder=CLIPTextModel(text_config(small, False, tokenizer)),
-                                           tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
-                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        else:
-            resolution = 64 if small else 1024
-            unet = UNet2DConditionModel(
-                sample_size=resolution // 8, block_out_channels=(32, 64, 64) if small else (320, 640, 1280),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
-                transformer_layers_per_block=(1, 1, 2) if small else (1, 2, 10), attention_head_dim=(2, 4, 4) if small else (5, 10, 20),
-                cross_attention_dim=64 if small else 2048, use_linear_projection=True, addition_embed_type="text_time",
-                addition_time_embed_dim=8 if small else 256, projection_class_embeddings_input_dim=8 * 6 + 32 if small else 2816,
-                norm_num_groups=8 if small else 32)
-            pipe = StableDiffusionXLPipeline(
-                vae=vae(small, resolution, 0.13025), text_encoder=CLIPTextModel(text_config(small, False, tokenizer)),
-                text_encoder_2=CLIPTextModelWithProjection(text_config(small, True, tokenizer)), tokenizer=tokenizer,
-                tokenizer_2=tokenizer, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
+    pipe = random_pipeline(kind, small)
     counts = {f"{name}_parameters": sum(p.numel() for p in module.parameters())
               for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
     pipe.to(torch.float16 if CUDA else torch.float32).save_pretrained(folder)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     del pipe
     free()
     return counts | {"resolution": resolution}

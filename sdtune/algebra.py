@@ -16,7 +16,9 @@ magnitudes, elect a sign per weight, average the agreeing ones; DARE: drop at ra
 then compress by SVD. A difference LoRA (Q30) is `combine([b, a], [1, -1], "cat")`.
 
 Everything works on tensors in the kohya layout (`lora_unet_..._to_q.lora_down.weight`, `.lora_up.weight`,
-`.alpha`), the layout of every file sdtune writes; convolution layers (LoCon) are handled by flattening.
+`.alpha`; a missing or zero alpha means alpha = r, as sd-scripts reads it), the layout of every file sdtune writes;
+convolution layers (LoCon) are handled by flattening. DoRA is refused: its update m (W + dW) / ||W + dW|| - W depends
+on the base weights and is not low-rank, so no LoRA holds a sum of DoRAs (load them side by side instead).
 """
 
 from __future__ import annotations
@@ -28,18 +30,34 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .formats.adapters import components
-from .formats.kohya import group_kohya_layers
+from .formats.kohya import alpha_of, group_kohya_layers
 
 METHODS = ("linear", "cat", "svd", "ties", "dare")
+
+
+def layer_scale(layer: dict[str, torch.Tensor]) -> float:
+    """alpha / r of one kohya LoRA layer."""
+    rank = layer["lora_down.weight"].shape[0]
+    return alpha_of(layer, rank) / rank
 
 
 def layer_delta(layer: dict[str, torch.Tensor]) -> torch.Tensor:
     """dW = (alpha / r) up @ down of one kohya layer, shaped like the layer's weight (conv: out x in x k x k)."""
     down, up = layer["lora_down.weight"].float(), layer["lora_up.weight"].float()
-    rank = down.shape[0]
-    scale = float(layer["alpha"]) / rank if "alpha" in layer else 1.0
-    delta = scale * up.flatten(1) @ down.flatten(1)
+    delta = layer_scale(layer) * up.flatten(1) @ down.flatten(1)
     return delta.reshape(up.shape[0], *down.shape[1:])
+
+
+def _check_lora_layer(name: str, layer: dict[str, torch.Tensor]) -> None:
+    """Only plain LoRA/LoCon layers combine; anything else is one clear error naming the layer."""
+    if "dora_scale" in layer:
+        raise ValueError(f"{name} is a DoRA layer: its magnitude rescales W + dW per row, so its update depends on the base "
+                         "weights and is not low-rank, and no LoRA holds a combination of DoRAs exactly. Load the adapters "
+                         "side by side instead (load_adapter each, then pipe.set_adapters or sdtune.composition.compose).")
+    extra = set(layer) - {"lora_down.weight", "lora_up.weight", "alpha"}
+    if "lora_down.weight" not in layer or extra:
+        raise ValueError(f"{name}: only LoRA/LoCon layers (lora_down/lora_up) combine here; it holds "
+                         f"{', '.join(sorted(extra or set(layer)))} (LoHa, LoKr or a Tucker core).")
 
 
 def factors(delta: torch.Tensor, rank: int) -> tuple[dict[str, torch.Tensor], float]:
@@ -98,8 +116,8 @@ def combine(loras: Sequence[dict[str, torch.Tensor]], weights: Sequence[float], 
     for name in names:
         present = [(w, g[name]) for w, g in zip(weights, grouped) if name in g]  # a LoRA without this layer adds zero
         layer_weights, layers = [w for w, _ in present], [layer for _, layer in present]
-        if any("lora_down.weight" not in layer for layer in layers):
-            raise ValueError(f"{name}: only LoRA/LoCon layers (lora_down/lora_up) combine here; LoHa/LoKr/DoRA do not.")
+        for layer in layers:
+            _check_lora_layer(name, layer)
         exact_rank = sum(layer["lora_down.weight"].shape[0] for layer in layers)
         if method == "svd" and rank > exact_rank:
             raise ValueError(f"rank {rank} is above the sum's exact rank ({exact_rank} at {name}): "
@@ -109,14 +127,13 @@ def combine(loras: Sequence[dict[str, torch.Tensor]], weights: Sequence[float], 
         if method == "linear":  # factor-wise weighted sums (needs equal ranks): the cross terms stay in
             if len({layer["lora_down.weight"].shape[0] for layer in layers}) != 1:
                 raise ValueError("linear adds the factors themselves, so every LoRA needs the same rank: use cat or svd.")
-            scales = [math.sqrt(abs(w) * float(layer["alpha"]) / layer["lora_down.weight"].shape[0]) for w, layer in zip(layer_weights, layers)]
+            scales = [math.sqrt(abs(w) * layer_scale(layer)) for w, layer in zip(layer_weights, layers)]
             signs = [math.copysign(1.0, w) for w in layer_weights]
             down = sum(s * layer["lora_down.weight"].float() for s, layer in zip(scales, layers))
             up = sum(sg * s * layer["lora_up.weight"].float() for sg, s, layer in zip(signs, scales, layers))
             result = {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(float(down.shape[0]))}
         elif method == "cat":  # exact: B = [w1 B1, w2 B2, ...], A = [A1; A2; ...], each with its own alpha / r
-            ups = [w * float(layer["alpha"]) / layer["lora_down.weight"].shape[0] * layer["lora_up.weight"].float()
-                   for w, layer in zip(layer_weights, layers)]
+            ups = [w * layer_scale(layer) * layer["lora_up.weight"].float() for w, layer in zip(layer_weights, layers)]
             down = torch.cat([layer["lora_down.weight"].float() for layer in layers])
             result = {"lora_down.weight": down, "lora_up.weight": torch.cat(ups, dim=1), "alpha": torch.tensor(float(down.shape[0]))}
         else:

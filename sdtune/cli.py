@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
+import re
 import sys
 import tempfile
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
 from PIL import Image
 
-from .config import add_config_options, config_from_args
+from .config import add_config_options, check_number, config_from_args
 from .data import toyworld
+from .io import check_writable
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -40,18 +45,26 @@ def _atomic_save(image: Image.Image, path: Path, overwrite: bool) -> None:
             os.unlink(tmp)
 
 
-def _parse_lora(spec: str) -> tuple[str, float]:
-    """'PATH' or 'PATH:SCALE' -> (path, scale); a scale is whatever follows the last ':' if it is a number."""
+MAX_SCALE = 10.0  # an adapter at 10x its trained strength already draws noise; more is a typo
+
+
+def _parse_lora(spec: str, option: str = "--lora") -> tuple[str, float]:
+    """'PATH' or 'PATH:SCALE' -> (path, scale); a scale is whatever follows the last ':' if it is a number, and it must
+    be finite and within +-10."""
     path, _, scale = spec.rpartition(":")
     try:
-        return path, float(scale)
+        value = float(scale)
     except ValueError:
         return spec, 1.0
+    if not (math.isfinite(value) and abs(value) <= MAX_SCALE):
+        raise ValueError(f"{option} {spec}: the scale after ':' must be a number from -{MAX_SCALE:g} to {MAX_SCALE:g} (1 = as trained, "
+                         f"0.5 = half, -1 = the opposite), got {scale}.")
+    return path, value
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from .composition import compose
-    from .formats import load_adapter
+    from .formats.adapters import load_adapters, resolve_file
     from .methods.hypernetwork import load_hypernetwork
     from .methods.textual_inversion import load_embedding
     from .models.loading import load_pipeline
@@ -61,27 +74,32 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _refuse_existing(out, args.overwrite)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {out}: name an image file ending in {', '.join(IMAGE_SUFFIXES)}.")
-    if args.num_images <= 0 or args.steps <= 0:
-        raise ValueError(f"--num-images and --steps must be positive, got {args.num_images} and {args.steps}.")
+    check_number("num_images", args.num_images, minimum=1, maximum=1024, integer=True)
+    check_number("steps", args.steps, minimum=1, maximum=1000, integer=True)
+    check_number("guidance", args.guidance, minimum=0, maximum=50)
+    check_number("switch_step", args.switch_step, minimum=1, integer=True)
+    check_writable(out.parent)
     if args.method in ("switch", "composite") and len(args.lora or []) < 2:
         raise ValueError(f"--method {args.method} combines several LoRAs: give --lora at least twice.")
     loras = [_parse_lora(spec) for spec in args.lora or []]
     for option, path in [("--lora", p) for p, _ in loras] + [("--embedding", e.partition(":")[0]) for e in args.embedding or []] + (
-            [("--hypernetwork", _parse_lora(args.hypernetwork)[0])] if args.hypernetwork else []):
+            [("--hypernetwork", _parse_lora(args.hypernetwork, "--hypernetwork")[0])] if args.hypernetwork else []):
         if not Path(path).exists():
             raise FileNotFoundError(f"{option} {path}: no such file or folder (a training output folder or .safetensors file).")
+    for path, _ in loras:
+        resolve_file(path)  # a folder without a finished adapter is refused before the model loads
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     if args.scheduler != "default":  # an LCM-LoRA samples with LCMScheduler, 2-8 steps, guidance 1-2
         import diffusers
 
         pipe.scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(pipe.scheduler.config)
-    names = [load_adapter(pipe, path, f"lora{i}", allow_pickle=args.allow_pickle) for i, (path, _) in enumerate(loras)]
+    names = load_adapters(pipe, [path for path, _ in loras], allow_pickle=args.allow_pickle)
     for spec in args.embedding or []:
         path, _, token = spec.partition(":")
         load_embedding(pipe, path, token or None)
     if args.hypernetwork:
-        path, strength = _parse_lora(args.hypernetwork)
+        path, strength = _parse_lora(args.hypernetwork, "--hypernetwork")
         load_hypernetwork(pipe.unet, path, strength)
     with compose(pipe, names, args.method, [scale for _, scale in loras], args.switch_step) if names else nullcontext({}) as extra:
         images = sample(pipe, [args.prompt] * args.num_images, args.steps, args.guidance, seed=args.seed, **extra)
@@ -94,6 +112,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.prompts import prompt_accuracy
     from .models.loading import load_pipeline
 
+    check_number("seeds", args.seeds, minimum=1, maximum=100, integer=True)
+    check_number("steps", args.steps, minimum=1, maximum=1000, integer=True)
+    check_number("guidance", args.guidance, minimum=0, maximum=50)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     scores = prompt_accuracy(pipe, load_judge(), seeds=args.seeds, num_inference_steps=args.steps, guidance_scale=args.guidance)
@@ -103,6 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_toy_data(args: argparse.Namespace) -> None:
+    check_number("n", args.n, minimum=1, maximum=100_000, integer=True)
     scenes = toyworld.sample_scenes(
         args.n, args.seed, args.shapes.split(","), args.colours.split(","), args.backgrounds.split(","), args.styles.split(",")
     )
@@ -140,6 +162,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     _refuse_existing(dst, args.overwrite, "output")
     if dst.suffix != ".safetensors":
         raise ValueError(f"{dst}: the converted file must end in .safetensors.")
+    check_writable(dst.parent, "output")
     layout = convert_file(load_pipeline(args.model), src, dst, args.to, allow_pickle=args.allow_pickle)
     print(f"wrote {dst} ({layout} layout)")
 
@@ -148,8 +171,8 @@ def cmd_merge(args: argparse.Namespace) -> None:
     from safetensors.torch import save_file
 
     from .algebra import combine
-    from .formats.adapters import kohya_tensors, load_adapter
-    from .formats.kohya import kohya_metadata
+    from .formats.adapters import kohya_tensors, load_adapters
+    from .formats.kohya import adapter_metadata, group_kohya_layers, targets_of
     from .io import staged_file
     from .models.loading import load_pipeline
 
@@ -157,24 +180,46 @@ def cmd_merge(args: argparse.Namespace) -> None:
     _refuse_existing(out, args.overwrite)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {out}: the merged LoRA is written as a .safetensors file.")
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(args.loras)
+    weights = _merge_weights(args.weights, len(args.loras))
+    check_number("density", args.density, above=0, maximum=1)
+    check_number("rank", args.rank, minimum=1, integer=True)
+    check_writable(out.parent)
     for path in args.loras:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such LoRA file or folder.")
     pipe = load_pipeline(args.model)  # the base model resolves either layout's layer names
-    names = [load_adapter(pipe, path, f"lora{i}", allow_pickle=args.allow_pickle) for i, path in enumerate(args.loras)]
+    names = load_adapters(pipe, args.loras, allow_pickle=args.allow_pickle)
     loras = [kohya_tensors(pipe, name) for name in names]
     tensors, errors = combine(loras, weights, args.method, args.rank, args.density, args.seed)
     rank = max(v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight"))
-    meta = kohya_metadata("lora", rank, float(rank), "unknown", {"ss_training_comment": f"sdtune merge {args.method} of {len(loras)} LoRAs"})
+    targets = targets_of(group_kohya_layers(tensors))
+    meta = adapter_metadata(pipe, "locon" if targets == "attn-mlp-conv" else "lora", rank, float(rank), targets,
+                            extra={"ss_training_comment": f"sdtune merge {args.method} of {len(loras)} LoRAs"})
     with staged_file(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     print(f"wrote {out} (kohya layout, rank {rank}; largest relative error against the exact weighted sum: {max(errors.values()):.3g})")
 
 
+def _merge_weights(text: str | None, count: int) -> list[float]:
+    """--weights: one finite number per LoRA, each within +-10."""
+    if not text:
+        return [1.0] * count
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--weights {text}: give comma-separated numbers, one per LoRA, e.g. 0.8,1.0.") from None
+    if len(weights) != count:
+        raise ValueError(f"--weights {text}: {len(weights)} weights for {count} LoRAs; give one per LoRA.")
+    for w in weights:
+        if not (math.isfinite(w) and abs(w) <= MAX_SCALE):
+            raise ValueError(f"--weights {text}: each weight must be a number from -{MAX_SCALE:g} to {MAX_SCALE:g}, got {w}.")
+    return weights
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    check_number("steps", args.steps, minimum=1, maximum=100_000, integer=True)
     run_demo(args.out, model=args.model, steps=args.steps, overwrite=args.overwrite)
 
 
@@ -202,13 +247,14 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdtune", description="Fine-tune text-to-image diffusion models: the sdtune course's toolkit.")
+    parser = argparse.ArgumentParser(prog="sdtune", description="Fine-tune text-to-image diffusion models: the sdtune course's toolkit.",
+                                     epilog="Add --debug anywhere to see the full traceback of an error.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="sample the tiny model, train a small LoRA on a novel style, write a before/after grid")
     p.add_argument("--out", default="sdtune-demo", help="output folder (default: sdtune-demo)")
     p.add_argument("--model", default="tiny", help="'tiny' (default) or a tiny-architecture pipeline folder")
-    p.add_argument("--steps", type=int, default=150, help="LoRA training steps (default 150)")
+    p.add_argument("--steps", type=int, default=None, help="LoRA training steps (default: sdtune train lora's, 300 on the tiny model)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     p.set_defaults(func=cmd_demo)
 
@@ -316,7 +362,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-(inf|infinity|nan)", re.IGNORECASE)
+
+
+def _keep_negative_numbers(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` -> `--lr=-1e-3`: argparse takes '-1e-3' for an option (it knows only '-1' and '-1.5' as numbers), and
+    would answer "expected one argument" instead of sdtune's message about the value."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and _NEGATIVE_NUMBER.fullmatch(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
+def explain(error: BaseException) -> str:
+    """One sentence for an error the command could not prevent: what happened to which file, and what to do. sdtune's own
+    errors already say it."""
+    if isinstance(error, OSError) and error.errno is None:
+        return str(error)
+    if isinstance(error, PermissionError):
+        return f"cannot write or read {error.filename or 'a file'} (permission denied): choose a folder you can write to, or fix its permissions."
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return (f"the disk is full ({error.filename or 'while writing'}): free some space or choose an --out on another disk. "
+                "Files are written whole or not at all, so nothing half-written was left.")
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename or ''}".rstrip(": ")
+    if type(error).__name__ == "SafetensorError":
+        return f"a .safetensors file is damaged ({error}): fetch or copy it again."
+    return str(error)
+
+
+# errors whose message already says what to do: no traceback, exit status 2 (an unexpected one gets 1)
+EXPECTED = (ValueError, OSError, FloatingPointError)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: the traceback too, for a bug report
+    argv = _keep_negative_numbers([a for a in argv if a != "--debug"])
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "pretrain":
@@ -325,6 +410,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
-        print(f"sdtune {args.command}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except KeyboardInterrupt as error:
+        if debug:
+            raise
+        said = str(error) if str(error) else "Interrupted. Outputs are written whole at the end, so nothing half-written was left."
+        print(f"sdtune {args.command}: {said}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:
+        if debug:
+            raise
+        expected = isinstance(error, EXPECTED) or type(error).__name__ == "SafetensorError"
+        if expected:
+            print(f"sdtune {args.command}: error: {explain(error)}", file=sys.stderr)
+        else:
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            print(f"sdtune {args.command}: unexpected {type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno}). "
+                  "Run the command again with --debug for the whole traceback, and please report it.", file=sys.stderr)
+        raise SystemExit(2 if expected else 1) from None

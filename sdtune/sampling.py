@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Iterator, Sequence
 
@@ -13,6 +14,16 @@ from PIL import Image
 # guidance than SD's 7.5). Real models keep diffusers' own defaults unless told otherwise.
 TINY_STEPS = 25
 TINY_GUIDANCE = 4.0
+
+
+def sampling_defaults(pipe) -> tuple[int, float]:
+    """(steps, guidance) a model is drawn with by default: the tiny model's, or the pipeline's own (its __call__'s)."""
+    from .defaults import model_family
+
+    if model_family(pipe) == "tiny":
+        return TINY_STEPS, TINY_GUIDANCE
+    parameters = inspect.signature(pipe.__call__).parameters
+    return parameters["num_inference_steps"].default, parameters["guidance_scale"].default
 
 
 def sample(

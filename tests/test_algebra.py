@@ -116,3 +116,30 @@ def test_a_layer_only_some_loras_adapt_takes_the_others_as_zero():
     assert torch.allclose(layer_delta(m[only_pink]), layer_delta(p[only_pink]).float(), atol=1e-6)
     with pytest.raises(ValueError, match="share no adapted layer"):
         combine([pink, {k.replace("lora_unet_", "lora_te_"): v for k, v in checker.items()}], [1.0, 1.0], "cat")
+
+
+def test_layers_without_alpha_combine_as_alpha_equal_to_rank(two_loras):
+    """sd-scripts and LyCORIS read a missing (or zero) alpha as alpha = r, scale 1; cat and linear do the same."""
+    _, a, b = two_loras
+    no_alpha = {k: v for k, v in a.items() if not k.endswith(".alpha")}
+    same = {k: (torch.tensor(float(a[k.replace(".alpha", ".lora_down.weight")].shape[0])) if k.endswith(".alpha") else v) for k, v in a.items()}
+    zero = {k: (torch.tensor(0.0) if k.endswith(".alpha") else v) for k, v in a.items()}
+    for method in ("cat", "linear"):
+        reference, _ = combine([same, same], [0.5, 0.25], method)
+        for unset in (no_alpha, zero):
+            mixed, _ = combine([unset, unset], [0.5, 0.25], method)
+            assert mixed.keys() == reference.keys() and all(torch.allclose(mixed[k], reference[k]) for k in mixed), method
+    _, errors = combine([no_alpha, b], [1.0, -1.0], "cat")
+    assert max(errors.values()) < 1e-5
+
+
+def test_dora_layers_are_refused_not_merged_without_their_magnitudes(tiny_pipe):
+    add_adapter(tiny_pipe.unet, LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, use_dora=True, target_modules=TARGETS), "d")
+    try:
+        dora = kohya_tensors(tiny_pipe, "d")
+    finally:
+        remove_adapter(tiny_pipe, "d")
+    assert any(k.endswith("dora_scale") for k in dora)
+    for method in ("cat", "svd"):
+        with pytest.raises(ValueError, match="is a DoRA layer: .* no LoRA holds a combination of DoRAs exactly"):
+            combine([dora, dora], [1.0, 1.0], method, rank=4)

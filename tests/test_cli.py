@@ -98,8 +98,9 @@ def test_demo_writes_its_grid_scores_and_lora(tiny_path, tmp_path, capsys):
     main(["demo", "--model", str(tiny_path), "--out", str(tmp_path / "demo"), "--steps", "3"])
     names = {p.name for p in (tmp_path / "demo").iterdir()}
     assert {"before_after.png", "scores.json", "lora", "data"} <= names
-    assert Image.open(tmp_path / "demo" / "before_after.png").size == (16 * 128, 2 * 128)
-    assert "judge sees the prompted style" in capsys.readouterr().out
+    assert Image.open(tmp_path / "demo" / "before_after.png").size == (16 * 128, 4 * 128)  # 32 prompts, before and after
+    out = capsys.readouterr().out
+    assert "judge sees the prompted style" in out and "/32 = " in out and "bar (style >= 80%" in out
     with pytest.raises(SystemExit):
         main(["demo", "--model", str(tiny_path), "--out", str(tmp_path / "demo"), "--steps", "3"])
 
@@ -108,7 +109,7 @@ def test_demo_writes_its_grid_scores_and_lora(tiny_path, tmp_path, capsys):
     "args, message",
     [
         (["--out", "x.txt"], "name an image file"),
-        (["--out", "x.png", "--steps", "0"], "must be positive"),
+        (["--out", "x.png", "--steps", "0"], "--steps must be a positive integer"),
         (["--out", "x.png", "--lora", "missing-lora:0.5"], "--lora missing-lora: no such file"),
         (["--out", "x.png", "--lora", "one", "--method", "composite"], "give --lora at least twice"),
     ],

@@ -64,7 +64,7 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(tiny_path, fold
     out = tmp_path / "o"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copytree(_one_checkpoint(tiny_path, folder, tmp_path), out / "checkpoints" / "step-0000010")
-    changed = args(tiny_path, folder, out) + ["--resume", "--rank", "8"]
+    changed = args(tiny_path, folder, out) + ["--resume", "--rank", "16"]
     with pytest.raises(SystemExit):
         cli(changed)
     assert "other settings (rank" in capsys.readouterr().err

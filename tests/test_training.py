@@ -26,7 +26,7 @@ def images(pipe, prompt="a striped red circle on a white background"):
 
 
 def quick(folder, out, **change) -> TrainConfig:
-    return TrainConfig(**(dict(data=str(folder), out=str(out), steps=4, batch_size=4, lr=1e-2) | change))
+    return TrainConfig(**(dict(data=str(folder), out=str(out), steps=4, batch_size=4, lr=1e-2, rank=4) | change))
 
 
 def test_lora_files_load_in_plain_diffusers_and_kohya_layout_gives_the_same_images(tiny_pipe, striped_folder, tmp_path):
@@ -138,7 +138,7 @@ def test_timesteps_stay_within_min_and_max_timestep(tiny_pipe, striped_folder, t
         (dict(min_timestep=500, max_timestep=400), "--min-timestep < --max-timestep"),
         (dict(max_timestep=2000), "--max-timestep <= 1000"),
         (dict(max_timestep=0), "--min-timestep < --max-timestep"),
-        (dict(alpha=-1.0), "--alpha must be positive"),
+        (dict(alpha=-1.0), "--alpha must be a positive"),
         (dict(adapter="ia3"), "Unknown --adapter"),
         (dict(targets="everything"), "Unknown --targets"),
         (dict(adapter="locon", targets="attn"), "LoCon is LoRA on convolutions"),
@@ -170,7 +170,7 @@ def test_existing_results_are_not_overwritten(striped_folder, tmp_path):
 
 def test_a_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_pipe, striped_folder, tmp_path):
     cfg = quick(striped_folder, tmp_path / "nan", lr=1e30, steps=30, checkpoint_every=1)
-    with pytest.raises(FloatingPointError, match="last checkpoint is intact"):
+    with pytest.raises(FloatingPointError, match="last checkpoint .* is intact"):
         train(cfg, pipe=tiny_pipe)
     last = latest_checkpoint(cfg.out)
     assert last is not None and {p.name for p in last.iterdir()} == {"trainable.safetensors", "state.pt", "training_config.json"}

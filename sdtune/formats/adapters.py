@@ -5,7 +5,8 @@ Two layouts exist in the wild (`kohya.py` describes the second):
 - diffusers/peft: `pytorch_lora_weights.safetensors`, keys `unet.<module path>.lora_A.weight`, the LoraConfig
   (alpha included) in the header. `pipe.load_lora_weights(folder)` reads it. LoRA and DoRA only.
 - kohya/A1111/ComfyUI: `lora_unet_<module_path>.lora_down.weight`, `alpha` per layer, `ss_*` metadata.
-  LoRA, LoCon, DoRA, and LyCORIS's LoHa and LoKr, which diffusers refuses.
+  LoRA, LoCon, DoRA, and LyCORIS's LoHa and LoKr (Tucker convolutions included), which diffusers refuses;
+  SDXL files by sd-scripts name the UNet's layers as the original code does (`input_blocks_4_1_...`).
 
 `load_adapter` reads both into a pipeline as a named, scalable, removable peft adapter.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,10 +25,12 @@ from diffusers.utils.peft_utils import recurse_remove_peft_layers
 from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..io import read_safetensors, staged_file
-from ..methods.lycoris import lokr_factor_of
+from ..models.loading import quiet_diffusers
+from ..methods.lycoris import Split, lokr_factor_of, lokr_splits, lycoris_factorization, splits_of
 from . import kohya
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
@@ -61,6 +65,9 @@ def resolve_file(path: str | Path) -> Path:
         if (path / DIFFUSERS_FILE).is_file():
             return path / DIFFUSERS_FILE
         files = sorted(path.glob("*.safetensors"))
+        if not files and (path / "checkpoints").is_dir():
+            raise AdapterFileError(f"{path} holds no finished adapter, only the checkpoints of a run that did not finish: continue "
+                                   "it with the same `sdtune train` command and --resume, or pass another adapter.")
         if len(files) != 1:
             raise AdapterFileError(f"{path} holds {len(files)} .safetensors files: name the adapter file itself.")
         return files[0]
@@ -118,13 +125,15 @@ def has_adapter(module: torch.nn.Module, adapter_name: str) -> bool:
     return any(isinstance(m, BaseTunerLayer) and adapter_name in m.scaling for m in module.modules())
 
 
-def add_adapter(module: torch.nn.Module, config: PeftConfig, adapter_name: str) -> None:
+def add_adapter(module: torch.nn.Module, config: PeftConfig, adapter_name: str, lokr_split: Split = lycoris_factorization) -> None:
     """Add a peft adapter to a UNet (diffusers' `add_adapter`) or a text encoder (peft's injection, recorded in
-    `peft_config` as transformers does, whose own `add_adapter` asks for a newer peft)."""
-    if isinstance(module, ModelMixin):
-        module.add_adapter(config, adapter_name=adapter_name)
-        return
-    inject_adapter_in_model(config, module, adapter_name=adapter_name)
+    `peft_config` as transformers does, whose own `add_adapter` asks for a newer peft). LoKr layers split each width
+    with `lokr_split`: LyCORIS's rule by default, so that the config's factor means LyCORIS's `factor`."""
+    with lokr_splits(lokr_split) if isinstance(config, LoKrConfig) else nullcontext():
+        if isinstance(module, ModelMixin):
+            module.add_adapter(config, adapter_name=adapter_name)
+            return
+        inject_adapter_in_model(config, module, adapter_name=adapter_name)
     if not getattr(module, "_hf_peft_config_loaded", False):
         module.peft_config = {}
     module.peft_config[adapter_name] = config
@@ -158,8 +167,9 @@ def set_adapter_scale(pipe, adapter_name: str, scale: float) -> None:
 
 
 def _peft_config(kind: str, ranks: dict[str, int], alphas: dict[str, float], decompose_both: bool = False,
-                 lokr_factor: int = -1) -> PeftConfig:
-    """A peft config that rebuilds exactly these layers: per-layer rank and alpha as patterns."""
+                 lokr_factor: int = -1, tucker: bool = False) -> PeftConfig:
+    """A peft config that rebuilds exactly these layers: per-layer rank and alpha as patterns; `tucker`: k x k
+    convolutions with Tucker cores (LyCORIS's use_tucker, peft's use_effective_conv2d)."""
     r, alpha = Counter(ranks.values()).most_common(1)[0][0], Counter(alphas.values()).most_common(1)[0][0]
     common = dict(
         target_modules=list(ranks),
@@ -169,12 +179,13 @@ def _peft_config(kind: str, ranks: dict[str, int], alphas: dict[str, float], dec
     if kind in ("lora", "dora"):
         return LoraConfig(r=r, lora_alpha=alpha, use_dora=kind == "dora", **common)
     if kind == "loha":
-        return LoHaConfig(r=r, alpha=alpha, **common)
-    return LoKrConfig(r=r, alpha=alpha, decompose_both=decompose_both, decompose_factor=lokr_factor, **common)
+        return LoHaConfig(r=r, alpha=alpha, use_effective_conv2d=tucker, **common)
+    return LoKrConfig(r=r, alpha=alpha, decompose_both=decompose_both, decompose_factor=lokr_factor, use_effective_conv2d=tucker, **common)
 
 
-def _lokr_factor(module: torch.nn.Module, layers: dict[str, dict[str, torch.Tensor]]) -> int:
-    """The LoKr factor that gives each layer of `module` the W1 shape it has in the file."""
+def _lokr_shapes(module: torch.nn.Module, layers: dict[str, dict[str, torch.Tensor]]) -> dict[str, tuple[int, int, int, int]]:
+    """Each LoKr layer's (out, in) and its W1's (out1, in1), from `module` and the layers' tensors (W1 has the same
+    name in both layouts)."""
     shapes = {}
     for path, layer in layers.items():
         base = module.get_submodule(path)
@@ -184,61 +195,91 @@ def _lokr_factor(module: torch.nn.Module, layers: dict[str, dict[str, torch.Tens
         out, in_ = (base.out_features, base.in_features) if linear else (base.out_channels, base.in_channels // base.groups)
         w1 = tuple(layer["lokr_w1"].shape[:2]) if "lokr_w1" in layer else (layer["lokr_w1_a"].shape[0], layer["lokr_w1_b"].shape[1])
         shapes[path] = (out, in_, *w1)
+    return shapes
+
+
+def _file_split(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> Split:
+    """The split of each width that gives every LoKr layer of `state` (a peft state dict) the W1 shape it has there:
+    the file's own, whichever rule made it (LyCORIS's, or peft's, which sdtune used before it followed LyCORIS)."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        path, suffix = kohya.split_peft_key(key)
+        layers.setdefault(path, {})[suffix] = value
     try:
-        return lokr_factor_of(shapes)
+        splits = splits_of(_lokr_shapes(module, layers))
     except ValueError as error:
         raise AdapterFileError(str(error)) from None
+    return lambda dimension, factor: splits.get(dimension) or lycoris_factorization(dimension, factor)
+
+
+def _layer_lookup(pipe) -> dict[str, tuple[str, str]]:
+    """kohya layer name -> (component, module path), for every module of the pipeline; UNet layers under their
+    original (SGM) names too, as sd-scripts writes SDXL files."""
+    lookup = {}
+    for component, prefix in kohya_prefixes(pipe).items():
+        if component in components(pipe):
+            module = components(pipe)[component]
+            lookup.update({kohya.kohya_layer_name(prefix, path): (component, path) for path, _ in module.named_modules() if path})
+            if component == "unet":
+                lookup.update({kohya.kohya_layer_name(prefix, sgm): (component, path) for path, sgm in kohya.sgm_names(module).items()})
+    return lookup
 
 
 def kohya_to_peft(pipe, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[PeftConfig, dict[str, torch.Tensor]]]:
-    """kohya tensors -> {component: (peft config, peft state dict)}, layer names resolved against the model."""
-    lookups = {
-        component: {kohya.kohya_layer_name(prefix, path): path for path, _ in components(pipe)[component].named_modules() if path}
-        for component, prefix in kohya_prefixes(pipe).items() if component in components(pipe)
-    }
+    """kohya tensors -> {component: (peft config, peft state dict)}, layer names resolved against the model (SDXL's
+    original names too). Every layer is checked first (`kohya.check_layer`, DoRA's magnitude axis): a tensor sdtune
+    cannot place is one clear error, never a layer loaded without it."""
+    lookup = _layer_lookup(pipe)
     grouped: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+    kinds: dict[str, set[str]] = {}
     for name, layer in kohya.group_kohya_layers(tensors).items():
-        found = [(c, lookup[name]) for c, lookup in lookups.items() if name in lookup]
-        if not found:
-            raise AdapterFileError(
-                f"Layer {name} of the file is not in this model: the file was made for another base model "
-                "(an SDXL file with original block names loads with pipe.load_lora_weights)."
-            )
-        component, path = found[0]
+        if name not in lookup:
+            raise AdapterFileError(f"Layer {name} of the file is not in this model: the file was made for another base model.")
+        try:
+            kind = kohya.check_layer(name, layer)
+            if kind == "dora":  # peft's layout of the magnitude, once its axis is checked
+                layer = {**layer, "dora_scale": kohya.dora_scale_to_peft(name, layer)}
+        except ValueError as error:
+            raise AdapterFileError(str(error)) from None
+        component, path = lookup[name]
         grouped.setdefault(component, {})[path] = layer
+        kinds.setdefault(component, set()).add(kind)
 
     result = {}
     for component, layers in grouped.items():
-        kinds = {kohya.kind_of(set(layer) - {"alpha"}) for layer in layers.values()}
-        if len(kinds) != 1:
-            raise AdapterFileError(f"The file mixes adapter kinds {sorted(kinds)} in the {component}; sdtune loads one kind per component.")
-        kind = kinds.pop()
+        if len(kinds[component]) != 1:
+            raise AdapterFileError(f"The file mixes adapter kinds {sorted(kinds[component])} in the {component}; sdtune loads one kind per component.")
+        kind = kinds[component].pop()
         ranks, alphas, state = {}, {}, {}
         for path, layer in layers.items():
             rank = kohya.rank_of(layer)
-            alpha = float(layer["alpha"]) if "alpha" in layer and float(layer["alpha"]) > 0 else float(rank)
+            alpha = kohya.alpha_of(layer, rank)
             if rank == 0:  # LoKr with both factors full: scale 1, and a rank large enough that peft keeps them full
                 rank = max(layer["lokr_w2"].shape[:2])
                 alpha = float(rank)
             ranks[path], alphas[path] = rank, alpha
-            for suffix, value in layer.items():
-                if suffix != "alpha":
-                    state[f"{path}.{kohya.PEFT_NAMES[suffix]}"] = kohya.dora_scale_to_peft(layer) if suffix == "dora_scale" else value
+            state.update({f"{path}.{kohya.PEFT_NAMES[suffix]}": value for suffix, value in layer.items() if suffix != "alpha"})
+        tucker = any(core in layer for layer in layers.values() for core in kohya.TUCKER_NAMES)
         if kind == "lokr":
             decompose_both = any("lokr_w1_a" in layer for layer in layers.values())
-            config = _peft_config(kind, ranks, alphas, decompose_both, _lokr_factor(components(pipe)[component], layers))
+            factor = lokr_factor_of(_lokr_shapes(components(pipe)[component], layers))
+            config = _peft_config(kind, ranks, alphas, decompose_both, -1 if factor is None else factor, tucker)
         else:
-            config = _peft_config(kind, ranks, alphas)
+            config = _peft_config(kind, ranks, alphas, tucker=tucker)
         result[component] = (config, state)
     return result
 
 
 def inject(pipe, adapters: dict[str, tuple[PeftConfig, dict[str, torch.Tensor]]], adapter_name: str) -> None:
-    """Add each component's adapter and its weights; a shape that does not fit is one clear error."""
+    """Add each component's adapter and its weights; a shape that does not fit is one clear error. LoKr layers are
+    split as the weights are (`_file_split`)."""
     try:
         for component, (config, state) in adapters.items():
             module = components(pipe)[component]
-            add_adapter(module, config, adapter_name)
+            if isinstance(config, LoKrConfig):
+                add_adapter(module, config, adapter_name, _file_split(module, state))
+            else:
+                add_adapter(module, config, adapter_name)
             expected = get_peft_model_state_dict(module, adapter_name=adapter_name)
             for key, value in state.items():
                 if key not in expected:
@@ -252,6 +293,50 @@ def inject(pipe, adapters: dict[str, tuple[PeftConfig, dict[str, torch.Tensor]]]
     except Exception:
         remove_adapter(pipe, adapter_name)
         raise
+
+
+def check_diffusers_shapes(pipe, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """A diffusers-layout LoRA whose layers do not fit this model is one error naming the first misfit (diffusers would
+    print one line per layer): lora_A is (r, in[, k, k]) and lora_B (out, r[, 1, 1]) of the layer they adapt."""
+    misfits = []
+    for key, value in tensors.items():
+        component, _, rest = key.partition(".")
+        if component not in components(pipe) or not rest.endswith((".lora_A.weight", ".lora_B.weight")):
+            continue
+        layer_path, which = rest.rsplit(".", 2)[0], rest.rsplit(".", 2)[1]
+        try:
+            layer = components(pipe)[component].get_submodule(layer_path)
+        except AttributeError:
+            misfits.append(f"{key} names no layer of this model's {component}")
+            continue
+        layer = layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+        wanted = (layer.in_features if isinstance(layer, torch.nn.Linear) else layer.in_channels // layer.groups) if which == "lora_A" \
+            else (layer.out_features if isinstance(layer, torch.nn.Linear) else layer.out_channels)
+        have = value.shape[1] if which == "lora_A" else value.shape[0]
+        if have != wanted:
+            shape = f"({value.shape[0]}, {wanted})" if which == "lora_A" else f"({wanted}, {value.shape[1]})"
+            misfits.append(f"{key} has shape {tuple(value.shape[:2])} in the file, {shape} in this model")
+    if misfits:
+        raise AdapterFileError(f"{path} does not fit this model: {misfits[0]} ({len(misfits)} layer(s) in all). "
+                               "Was it trained for another base model?")
+
+
+def is_lycoris(path: str | Path) -> bool:
+    """Whether an adapter file holds LoHa or LoKr layers (from its key names; no tensor is read)."""
+    path = resolve_file(path)
+    if path.suffix != ".safetensors":
+        return False
+    with safe_open(str(path), framework="pt") as f:
+        return any(".hada_" in key or ".lokr_" in key for key in f.keys())
+
+
+def load_adapters(pipe, paths: list[str | Path], allow_pickle: bool = False) -> list[str]:
+    """Load several adapters as "lora0", "lora1", ... (in the order given). LoRA-family files go in before LoHa and LoKr
+    ones: peft can wrap a convolution that holds a LoRA in a LoHa or LoKr, not the other way round."""
+    order = sorted(range(len(paths)), key=lambda i: is_lycoris(paths[i]))
+    for i in order:
+        load_adapter(pipe, paths[i], f"lora{i}", allow_pickle=allow_pickle)
+    return [f"lora{i}" for i in range(len(paths))]
 
 
 def load_adapter(pipe, path: str | Path, adapter_name: str = "default", scale: float = 1.0, allow_pickle: bool = False) -> str:
@@ -268,8 +353,10 @@ def load_adapter(pipe, path: str | Path, adapter_name: str = "default", scale: f
     if layout_of(tensors) == "kohya":
         inject(pipe, kohya_to_peft(pipe, tensors), adapter_name)
     else:  # diffusers' own loader reads its layout, with the LoraConfig it keeps in the file's header
+        check_diffusers_shapes(pipe, tensors, path)
         try:
-            pipe.load_lora_weights(str(resolve_file(path)), adapter_name=adapter_name)
+            with quiet_diffusers():  # its own report of a mismatch is a line per layer; ours above is one
+                pipe.load_lora_weights(str(resolve_file(path)), adapter_name=adapter_name)
         except (RuntimeError, ValueError, KeyError) as error:
             remove_adapter(pipe, adapter_name)
             raise AdapterFileError(
@@ -342,9 +429,13 @@ def convert_file(pipe, src: str | Path, dst: str | Path, to: str, allow_pickle: 
         else:
             config = next(m.peft_config[name] for m in components(pipe).values() if has_adapter(m, name))
             kind = {"LOHA": "loha", "LOKR": "lokr"}.get(str(config.peft_type).split(".")[-1], "dora" if getattr(config, "use_dora", False) else "lora")
+            targets = kohya.targets_of(kohya.group_kohya_layers(kohya_tensors(pipe, name)))
+            if kind == "lora" and targets == "attn-mlp-conv":
+                kind = "locon"
             alpha = getattr(config, "lora_alpha", getattr(config, "alpha", config.r))
-            meta = kohya.kohya_metadata(kind, config.r, alpha, "unknown", {"ss_training_comment": f"converted by sdtune from {Path(src).name}"},
-                                        getattr(config, "decompose_factor", -1))
+            meta = kohya.adapter_metadata(pipe, kind, config.r, alpha, targets, getattr(config, "decompose_factor", -1),
+                                          {"ss_training_comment": f"converted by sdtune from {Path(src).name}"},
+                                          getattr(config, "use_effective_conv2d", False))
             write_kohya_file(pipe, name, Path(dst), meta)
     finally:
         remove_adapter(pipe, name)

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..algebra import combine, fuse, unfuse
 from ..data.folder import IMAGE_EXTENSIONS, DatasetError
 from ..formats.adapters import inject, kohya_to_peft, load_adapter, remove_adapter, save_adapter
-from ..formats.kohya import kohya_metadata
+from ..formats.kohya import adapter_metadata, group_kohya_layers, targets_of
 from ..io import check_output_folder, read_safetensors, staged_folder
 
 DIFFERENCE = "difference"
@@ -52,12 +52,13 @@ def train_differential(pipe, cfg, folder_a: str | Path, folder_b: str | Path, co
     """Train LoRA A and LoRA B (same `cfg`, a `TrainConfig` whose `out` is the result folder) and write the
     difference LoRA to `cfg.out` in both layouts, with `difference.json` (ranks, errors). `copier=True`: train B
     on the model with A fused in, and B alone is the difference."""
-    from ..training import base_model_version, train
+    from ..training import train
 
     check_pairs(folder_a, folder_b)
-    out = check_output_folder(cfg.out, cfg.overwrite)
+    inputs = {"--data-a": folder_a, "--data-b": folder_b}
+    out = check_output_folder(cfg.out, cfg.overwrite, inputs=inputs)
     work = out.with_name(out.name + "-parts")
-    check_output_folder(work, cfg.overwrite)
+    check_output_folder(work, cfg.overwrite, inputs=inputs)
     lora_a = train(replace(cfg, data=str(folder_a), out=str(work / "A")), pipe=pipe)
     if copier:
         load_adapter(pipe, lora_a / "A.safetensors", "A")
@@ -76,8 +77,9 @@ def train_differential(pipe, cfg, folder_a: str | Path, folder_b: str | Path, co
     try:
         with staged_folder(out) as tmp:
             final_rank = next(v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight"))
-            meta = kohya_metadata("locon" if cfg.resolved_targets == "attn-mlp-conv" else "lora", final_rank, float(final_rank),
-                                  base_model_version(pipe), {"ss_training_comment": f"differential LoRA: {Path(folder_b).name} - {Path(folder_a).name}"})
+            targets = targets_of(group_kohya_layers(tensors))
+            meta = adapter_metadata(pipe, "locon" if targets == "attn-mlp-conv" else "lora", final_rank, float(final_rank), targets,
+                                    extra={"ss_training_comment": f"differential LoRA: {Path(folder_b).name} - {Path(folder_a).name}"})
             save_adapter(pipe, tmp, DIFFERENCE, "lora", out.name, meta)
             report = {"method": "copier" if copier else ("svd" if rank else "exact"), "rank": final_rank,
                       "max_relative_error": max(errors.values(), default=0.0), "parts": str(work)}

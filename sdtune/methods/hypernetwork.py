@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..io import read_safetensors, staged_file
+from .trainable import Trainable
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"
 ACTIVATIONS = {"linear": None, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU, "swish": nn.Hardswish,
@@ -59,7 +60,8 @@ class HypernetworkModule(nn.Module):
         self.strength = 1.0
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return c + self.strength * self.linear(c)  # c + MLP(c)
+        mlp = self.linear(c.to(self.linear[0].weight.dtype))  # the MLP in its own precision (float32 while it trains)
+        return c + (self.strength * mlp).to(c.dtype)  # c + MLP(c)
 
 
 class Hypernetwork(nn.Module):
@@ -157,3 +159,19 @@ def load_hypernetwork(unet, path: str | Path, strength: float = 1.0) -> Hypernet
     attach(unet, hypernetwork)
     return hypernetwork
 
+
+class HypernetworkTraining(Trainable):
+    """A new hypernetwork in front of the UNet's K and V projections, trained, saved for diffusers and the WebUI."""
+
+    def attach(self, pipe, copy_weights: bool):
+        cfg, unet = self.cfg, pipe.unet
+        self.network = Hypernetwork([cross_attention_width(unet)], parse_structure(cfg.layer_structure), cfg.activation).to(unet.device)
+        attach(unet, self.network)
+        self.unet, self.text_encoders = unet, []
+        return pipe
+
+    def save(self, pipe, folder: Path, name: str, resolution: int) -> None:
+        save_hypernetwork(self.network, folder, name, self.cfg.steps)
+
+    def detach(self, pipe) -> None:
+        detach(pipe.unet)

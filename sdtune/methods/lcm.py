@@ -85,3 +85,42 @@ def consistency_loss(eps: Callable, teacher_eps: Callable, z0: torch.Tensor, noi
         z_end = a_end.sqrt() * x0_g + (1 - a_end).sqrt() * eps_g   # one DDIM step of the guided teacher
         target = consistency(z_end, t_end, a_end, eps(z_end, t_end, cond))
     return (((student.float() - target.float()) ** 2 + huber_c**2).sqrt() - huber_c).mean()
+
+
+def lcm_batch_loss(run, cfg) -> torch.Tensor:
+    """One batch of consistency distillation against the UNet without its LoRA: instance images, random guidance
+    w in [w_min, w_max], a random point t_{n+k} of the teacher's DDIM grid per image. `run` is the training loop's
+    `sdtune.training.Run`; `cfg` an `LCMConfig`."""
+    latents, gen, n = run.pools[0].latents, run.gen, cfg.batch_size
+    grid = ddim_timesteps(run.noise_scheduler.config.num_train_timesteps, cfg.num_ddim_timesteps)
+    batch = latents.draw(n, gen)  # z0 ~ q(z | x)
+    noise = torch.randn(batch.latents.shape, generator=gen)
+    index = torch.randint(0, len(grid), (n,), generator=gen)
+    w = cfg.w_min + (cfg.w_max - cfg.w_min) * torch.rand(n, generator=gen)
+    cond, uncond = run.condition(run.captions_of(batch)), run.condition([""] * n)
+    time_ids, alphas = latents.time_ids(batch), run.noise_scheduler.alphas_cumprod
+    as_eps = eps_from(run.noise_scheduler.config.prediction_type, alphas)
+
+    def student(z, t, c):
+        return as_eps(run.predict(run.unet, z, t, c, time_ids), z, t)
+
+    def teacher(z, t, c):
+        with adapters_off(run.base_unet):
+            return as_eps(run.predict(run.base_unet, z, t, c, time_ids), z, t)
+
+    with run.accelerator.autocast():
+        return consistency_loss(student, teacher, batch.latents.to(run.device), noise.to(run.device), cond, uncond, alphas,
+                                grid, index, w, cfg.huber_c)
+
+
+def eps_from(prediction_type: str, alphas_cumprod: torch.Tensor) -> Callable:
+    """The model's output as a noise prediction, for any prediction type (the consistency loss is written in eps):
+    epsilon as it is; v = sqrt(abar) eps - sqrt(1 - abar) x0 gives eps = sqrt(abar) v + sqrt(1 - abar) z_t."""
+    if prediction_type == "epsilon":
+        return lambda output, z, t: output
+    if prediction_type == "v_prediction":
+        def eps(output, z, t):
+            a = _expand(alphas_cumprod[t.cpu()]).to(z.device)
+            return a.sqrt() * output.float() + (1 - a).sqrt() * z.float()
+        return eps
+    raise ValueError(f"LCM distillation reads epsilon or v-prediction models; this one predicts {prediction_type!r}.")

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..io import read_safetensors, staged_file
+from .trainable import Trainable
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 KOHYA_KEY = "emb_params"
@@ -132,3 +133,30 @@ def remove_embedding(pipe, token: str) -> None:
     pipe.unload_textual_inversion([t for t in added if t == token or (t.startswith(f"{token}_") and t[len(token) + 1:].isdigit())])
     # diffusers' unloader shrinks the table but not the config, which save_pretrained would then write wrong
     pipe.text_encoder.config.vocab_size = pipe.text_encoder.get_input_embeddings().num_embeddings
+
+
+class TextualInversionTraining(Trainable):
+    """The embedding rows of a new token; the text encoder runs on every batch so that the gradient reaches them."""
+
+    def attach(self, pipe, copy_weights: bool):
+        cfg = self.cfg
+        # the text encoder runs in float32 while its new rows train (as diffusers' textual_inversion.py keeps it): a
+        # float32 row in a half-precision table would meet half weights in every layer after the embedding
+        self.embedding = PlaceholderEmbedding(pipe, cfg.token, cfg.init_word, cfg.vectors)  # checks the token first
+        self.dtype = pipe.text_encoder.dtype
+        pipe.text_encoder.float()  # in place: the embedding's weight stays the same parameter
+        self.embedding.weight.requires_grad_(True)
+        self.unet, self.text_encoders = pipe.unet, [pipe.text_encoder]
+        return pipe
+
+    def after_step(self) -> None:
+        self.embedding.restore_other_rows()  # only the new token's rows may change
+
+    def save(self, pipe, folder: Path, name: str, resolution: int) -> None:
+        cfg = self.cfg
+        save_embedding(self.embedding.learned(), cfg.token, folder, cfg.token.strip("<>") or name,
+                       {"token": cfg.token, "init_word": cfg.init_word, "steps": str(cfg.steps)})
+
+    def detach(self, pipe) -> None:
+        self.embedding.remove()
+        pipe.text_encoder.to(self.dtype)

@@ -6,11 +6,14 @@ literally the code path it does on SD 1.5 or SDXL on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import logging as diffusers_logging
 
 from ..io import ASSETS
 
@@ -80,3 +83,14 @@ def load_pipeline(
             f"{source} is a {type(pipe).__name__}; sdtune fine-tunes Stable Diffusion 1.x/2.x and SDXL pipelines."
         )
     return pipe.to(device)
+
+
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """Only diffusers' errors inside the block (e.g. from_pipe's warning about an empty list of float32 modules)."""
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
