@@ -593,7 +593,9 @@ def _train(cfg: TrainConfig, pipe, caller_pipe: bool, accelerator: Accelerator, 
     family = model_family(pipe)
     buckets = cfg.buckets if cfg.buckets is not None else family != "tiny"
     cache = default_cache_folder(cfg.data) if cfg.cache_latents_to_disk else None
-    step = 8 if family == "tiny" else 64  # bucket sides: the VAE's factor on a 64-px model, 64 px (8 x 2^3) on SD and SDXL
+    # bucket sides: 64 px (the VAE's 8 x the UNet's 2^3) at SD's and SDXL's resolutions; at 64 px that leaves one shape,
+    # so small models step by the VAE's factor alone
+    step = 64 if resolution >= 512 else pipe.vae_scale_factor
     pools = [Pool(prepare_latents(pipe, examples, resolution, buckets=buckets, step=step, flip=cfg.flip, cache_dir=cache), 1.0)]
     if class_examples:
         pools.append(Pool(prepare_latents(pipe, class_examples, resolution), cfg.prior_loss_weight))

@@ -46,3 +46,31 @@ def test_bad_lcm_options_are_refused_before_work(change, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train(LCMConfig(data=str(data), out=str(tmp_path / "lcm"), **change))
     assert not (tmp_path / "lcm").exists()
+
+
+def test_a_v_prediction_model_is_distilled_in_the_scheduler_s_own_terms(tiny_path, tmp_path):
+    """On a v-prediction model the UNet's output is v, not eps: the distillation reads it as diffusers' schedulers do
+    (the x0 its consistency function starts from is the scheduler's own pred_original_sample), then trains."""
+    from diffusers import DDIMScheduler
+
+    import sdtune
+    from sdtune.methods.lcm import eps_from
+
+    scheduler = DDIMScheduler.from_pretrained(tiny_path / "scheduler", prediction_type="v_prediction")
+    alphas = scheduler.alphas_cumprod
+    z, v, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([19, 499, 999])
+    eps = eps_from("v_prediction", alphas)(v, z, t)
+    a = alphas[t].view(-1, 1, 1, 1)
+    ours = (z - (1 - a).sqrt() * eps) / a.sqrt()  # x0 from eps, as consistency_loss computes it
+    scheduler.set_timesteps(50)
+    for i, step in enumerate(t.tolist()):
+        theirs = scheduler.step(v[i : i + 1], step, z[i : i + 1]).pred_original_sample
+        assert torch.allclose(ours[i : i + 1], theirs, atol=1e-4)
+    with pytest.raises(ValueError, match="epsilon or v-prediction"):
+        eps_from("sample", alphas)
+
+    pipe = sdtune.load_pipeline(tiny_path)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    data = toyworld.write_dataset(toyworld.sample_scenes(4, seed=0), tmp_path / "data")
+    out = train(LCMConfig(data=str(data), out=str(tmp_path / "lcm"), steps=3, batch_size=2), pipe=pipe)
+    assert all(torch.isfinite(torch.tensor(__import__("json").loads((out / "loss.json").read_text())["loss"])))

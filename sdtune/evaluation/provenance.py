@@ -1,0 +1,140 @@
+"""What every committed log and results file records, so a figure can be traced to what produced it.
+
+    write_results("benchmarks/results/x.json", {"agreement": ...}, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    check_weights(json.load(open("benchmarks/results/x.json")))      # [] while the weights are the ones measured
+
+The record: the command, the git commit (and whether the tree had uncommitted changes), the machine (platform,
+CPU count, torch version, device), the time, and the sha256 of each weights file measured. A test that
+compares a logged figure with a re-measurement first checks that the weights are still the logged ones.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from ..io import ASSETS, staged_file
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout sdtune runs from (when it is one)
+TINY_SD = ASSETS / "tiny-sd"
+JUDGE_WEIGHTS = ASSETS / "judge" / "model.safetensors"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as `sha256sum` prints it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given; a folder (a diffusers pipeline, a training output) stands for every .safetensors inside it."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.safetensors"))
+            if not found:
+                raise FileNotFoundError(f"{p} holds no .safetensors file: pass the weights files it should record.")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"Weights file {p} does not exist: record only files that were measured.")
+    return files
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the checkout when inside it (the record stays valid in another clone), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def machine() -> dict:
+    """Where it ran: platform, Python, CPU count, torch and its threads, and the device."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+
+
+def record(command: str | Sequence[str] | None = None, weights: Iterable[str | os.PathLike] = ()) -> dict:
+    """The provenance of a measurement made now. `command`: the command line (default: this process's)."""
+    if command is None:  # this process's: "python benchmarks/x.py --flag", or "sdtune train ..." for a console script
+        program = Path(sys.argv[0])
+        command = ["python", _shown(program)] if program.suffix == ".py" else [program.name]
+        command += sys.argv[1:]
+    commit = _git("rev-parse", "HEAD")
+    return {
+        "command": command if isinstance(command, str) else " ".join(command),
+        "git": {"commit": commit, "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))} if commit else None,
+        "machine": machine(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "weights": {_shown(p): sha256(p) for p in _weights_files(weights)},
+    }
+
+
+def write_results(path: str | os.PathLike, payload: dict, weights: Iterable[str | os.PathLike] = (),
+                  command: str | Sequence[str] | None = None, overwrite: bool = False) -> Path:
+    """Write `payload` as JSON with its provenance under "provenance", atomically (never half-written).
+
+    An existing file is replaced only with `overwrite=True` (a benchmark regenerating its own results file).
+    """
+    path = Path(path)
+    if "provenance" in payload:
+        raise ValueError("write_results adds the 'provenance' key itself: remove it from the payload.")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists: pass overwrite=True to replace it, or choose another path.")
+    text = json.dumps({"provenance": record(command, weights), **payload}, indent=1, default=_plain)
+    with staged_file(path) as tmp:
+        tmp.write_text(text + "\n")
+    return path
+
+
+def _plain(value):
+    """JSON for the values results hold: Rate and Difference (their as_dict), numpy and torch scalars."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"write_results cannot write a {type(value).__name__}: convert it to numbers, strings, lists or dicts.")
+
+
+def check_weights(results: dict) -> list[str]:
+    """What no longer matches: one line per recorded weights file that is missing or whose sha256 changed.
+
+    `results`: a file written by `write_results` (loaded) or its "provenance" record. Empty list: all match.
+    """
+    recorded = results.get("provenance", results).get("weights")
+    if recorded is None:
+        raise ValueError("This record has no 'weights': it was not written by sdtune.evaluation.provenance.write_results.")
+    problems = []
+    for shown, digest in recorded.items():
+        path = Path(shown) if Path(shown).is_absolute() else REPO / shown
+        if not path.is_file():
+            problems.append(f"{shown}: missing")
+        elif sha256(path) != digest:
+            problems.append(f"{shown}: sha256 changed since the measurement (the figures describe other weights)")
+    return problems
