@@ -71,21 +71,30 @@ def _trainable(model: str, kind: str) -> int:
     return sum(p.numel() for p in unet.parameters() if p.requires_grad)
 
 
-def run_reference(model: str, data: Path, steps: int, batch: int) -> dict:
-    """The diffusers example's step, at the same settings."""
+def run_reference(model: str, data: Path, steps: int, batch: int, dtype: torch.dtype | None = None, checkpointing: bool = False) -> dict:
+    """The diffusers example's step, at the same settings. `dtype` (on a GPU: float16 or bfloat16) is the example's
+    --mixed_precision: frozen weights in that dtype, the UNet's forward under autocast, and for fp16 the LoRA
+    weights in float32 and the loss scaled (accelerate's GradScaler), as the example does; None: float32."""
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     from sdtune.data.folder import load_image, scan_folder
     from sdtune.models.loading import load_pipeline
 
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, dtype=dtype)
     vae, text_encoder, unet, tokenizer = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
+    device, half = unet.device, unet.dtype in (torch.float16, torch.bfloat16)
     for m in (vae, text_encoder, unet):
         m.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if unet.dtype == torch.float16:
+        cast_training_params(unet, dtype=torch.float32)  # the example: only the LoRA weights in fp32, under fp16
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=unet.dtype == torch.float16)  # disabled: each call passes through
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     examples = scan_folder(data)
     resolution = unet.config.sample_size * pipe.vae_scale_factor
@@ -96,24 +105,36 @@ def run_reference(model: str, data: Path, steps: int, batch: int) -> dict:
     encoding = 0.0  # seconds spent preparing and encoding batches: the work sdtune's caches remove
     step_seconds = []
     for _ in range(steps):
-        tick = time.perf_counter()
+        tick = _clock(device)
         idx = rng.integers(0, len(examples), batch)
         pixels = torch.from_numpy(np.stack([images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
         pixels = torch.where(torch.rand(batch, 1, 1, 1) < 0.5, pixels.flip(-1), pixels)  # random flip
-        latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-        hidden = text_encoder(ids[torch.from_numpy(idx)])[0]
-        encoding += time.perf_counter() - tick
+        latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.sample() * vae.config.scaling_factor
+        hidden = text_encoder(ids[torch.from_numpy(idx)].to(device))[0]
+        encoding += _clock(device) - tick
         noise = torch.randn_like(latents)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,))
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), device=device)
         noisy = noise_scheduler.add_noise(latents, noise, t)
-        loss = F.mse_loss(unet(noisy, t, hidden).sample.float(), noise.float())
-        loss.backward()
+        with torch.autocast(device.type, dtype=unet.dtype, enabled=half):  # what accelerate wraps the prepared UNet's forward in
+            prediction = unet(noisy, t, hidden).sample
+        loss = F.mse_loss(prediction.float(), noise.float())
+        loss.item()  # the example logs every step's loss (a GPU sync, as in its loop)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad()
-        step_seconds.append(time.perf_counter() - tick)
+        step_seconds.append(_clock(device) - tick)
     return {"case": "diffusers example loop (lora)", "trainable": sum(p.numel() for p in params), "file_mb": float("nan"),
             **timings(step_seconds), "peak_mb": peak_rss_mb(), "encoding_fraction": encoding / sum(step_seconds)}
+
+
+def _clock(device: torch.device) -> float:
+    """Seconds, after the GPU's queued work is done (on a CPU every op has finished when it returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def one(case: str, model: str, data: str, steps: int, batch: int) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -364,7 +365,7 @@ def check_blocks(unet, blocks: str | None) -> list[str] | None:
     paths = {path for path, _ in unet.named_modules()}
     unknown = [b for b in names if b not in paths]
     if unknown:
-        tops = sorted(p for p in paths if p.count(".") == 2 and ".attentions." in p)
+        tops = sorted(p for p in paths if re.fullmatch(r"(?:(?:down|up)_blocks\.\d+|mid_block)\.attentions\.\d+", p))
         raise ValueError(f"--blocks {', '.join(unknown)}: no such UNet block. This UNet's attention blocks: {', '.join(tops)}.")
     return names
 
@@ -569,7 +570,9 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
     accelerator = _accelerator(cfg)
     torch.manual_seed(cfg.seed)
     caller_pipe = pipe is not None
-    pipe = pipe or load_pipeline(cfg.model, device=str(accelerator.device))
+    # on a GPU the model is loaded in the precision it trains in (bf16 weights for bf16, not fp16 ones autocast)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}[cfg.mixed_precision] if accelerator.device.type == "cuda" else None
+    pipe = pipe or load_pipeline(cfg.model, device=str(accelerator.device), dtype=dtype)
     cfg = cfg.with_defaults(pipe, verbose=accelerator.is_main_process)
     cfg.validate()  # the filled-in options too (e.g. warmup shorter than the run), still before any work
     for module in components(pipe).values():

@@ -146,6 +146,8 @@ def load_hypernetwork(unet, path: str | Path, strength: float = 1.0) -> Hypernet
     """Read `hypernetwork.safetensors` (or a folder holding it) and attach it to `unet`."""
     path = Path(path)
     if path.is_dir():
+        if not (path / SAFETENSORS_FILE).is_file():
+            raise ValueError(f"{path} holds no {SAFETENSORS_FILE}: pass a hypernetwork training folder or the file itself.")
         path = path / SAFETENSORS_FILE
     tensors, meta = read_safetensors(path, "hypernetwork")
     if "layer_structure" not in meta:
