@@ -3,6 +3,7 @@
     python course/run_chapters.py                 # every chapter, one after the other
     python course/run_chapters.py 00 03           # chapters whose file name starts with 00 or 03
     python course/run_chapters.py --jobs 2        # two chapters at a time, one CPU thread each
+    python course/run_chapters.py --jobs 2 --time-only   # measure only: the notebooks are left as they are
 
 Budgets (the course's promise for a 2-core CPU): 2 minutes and 3 GiB per chapter, run alone; 20 minutes for the
 whole course. The tiny model's tensors are small, so one thread runs a chapter almost as fast as two (chapter 03:
@@ -19,8 +20,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nbformat
-import psutil
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 COURSE = Path(__file__).resolve().parent
 BUDGET_SECONDS, BUDGET_GIB, TOTAL_SECONDS = 120, 3.0, 1200
@@ -28,28 +29,38 @@ BUDGET_SECONDS, BUDGET_GIB, TOTAL_SECONDS = 120, 3.0, 1200
 
 def peak_gib(pid: int) -> float:
     """Peak resident memory (VmHWM) of a process, in GiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():  # the kernel died
+        return float("nan")
+    for line in status.read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 2**20
     return float("nan")
 
 
-def run(path: Path) -> tuple[float, float]:
+def run(path: Path, write: bool = True) -> tuple[float, float, str]:
+    """Execute one chapter in place; returns its time, peak memory and, if a cell failed, the error (the file is then
+    left as it was)."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     start = time.time()
     with client.setup_kernel():
         pid = client.km.provisioner.process.pid
-        for index, cell in enumerate(nb.cells):
-            client.execute_cell(cell, index)
+        try:
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)
+        except (CellExecutionError, DeadKernelError) as error:
+            return time.time() - start, peak_gib(pid), f"cell {index}: {str(error).strip().splitlines()[-1]}"
         peak = peak_gib(pid)
     seconds = time.time() - start
-    nbformat.write(nb, path)
-    return seconds, peak
+    if write:
+        nbformat.write(nb, path)
+    return seconds, peak, ""
 
 
 def main(args: list[str]) -> int:
-    jobs = 1
+    jobs, write = 1, "--time-only" not in args
+    args = [a for a in args if a != "--time-only"]
     if "--jobs" in args:
         at = args.index("--jobs")
         jobs, args = int(args[at + 1]), args[:at] + args[at + 2:]
@@ -59,17 +70,18 @@ def main(args: list[str]) -> int:
     start, failures = time.time(), []
     print(f"{'chapter':<44} {'time':>8} {'peak memory':>12}", flush=True)
     with ProcessPoolExecutor(jobs) as pool:  # each chapter in its own process, printed in order as they finish
-        for path, (seconds, peak) in zip(chapters, pool.map(run, chapters)):
+        for path, (seconds, peak, error) in zip(chapters, pool.map(run, chapters, [write] * len(chapters))):
             over = (jobs == 1 and seconds > BUDGET_SECONDS) or peak > BUDGET_GIB
-            if over:
+            if over or error:
                 failures.append(path.name)
-            print(f"{path.name:<44} {seconds:7.1f}s {peak:10.2f} GiB{'  OVER BUDGET' if over else ''}", flush=True)
+            note = f"  FAILED, not written: {error}" if error else "  OVER BUDGET" if over else ""
+            print(f"{path.name:<44} {seconds:7.1f}s {peak:10.2f} GiB{note}", flush=True)
     total = time.time() - start
     print(f"{'total (wall clock, ' + str(jobs) + ' at a time)':<44} {total:7.1f}s")
     if total > TOTAL_SECONDS:
         failures.append("the whole course")
     if failures:
-        print("over budget:", ", ".join(failures))
+        print("failed or over budget:", ", ".join(failures))
     return 1 if failures else 0
 
 

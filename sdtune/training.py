@@ -25,6 +25,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -137,9 +138,10 @@ class TrainConfig:
         """The method's name in `sdtune.defaults`."""
         return "full" if self.adapter == "full" else "lora"
 
-    def validate(self) -> None:
+    def validate(self, folders: bool = True) -> None:
         """Check every option the user set before any work starts; each problem names the option and the fix.
-        Options left unset (None) are checked again once the defaults fill them in."""
+        Options left unset (None) are checked again once the defaults fill them in. `folders`: the output and input
+        folders too (`check_folders`)."""
         if self.adapter is not None and self.adapter not in ADAPTER_KINDS + OTHER_KINDS:
             raise ValueError(f"Unknown --adapter {self.adapter!r}: choose one of {', '.join(ADAPTER_KINDS)} or full.")
         for name in ("rank", "steps", "batch_size", "gradient_accumulation", "num_class_images"):
@@ -191,7 +193,8 @@ class TrainConfig:
             raise ValueError(f"--optimizer must be adamw or adamw8bit, got {self.optimizer!r}.")
         if self.optimizer == "adamw8bit" and not _bitsandbytes_ready():
             raise ValueError("--optimizer adamw8bit needs a CUDA GPU and `pip install bitsandbytes`; use adamw.")
-        self.check_folders()
+        if folders:
+            self.check_folders()
 
     def check_folders(self) -> None:
         """The output folder can be written and holds nothing of the user's that the run would replace; --resume only goes
@@ -267,10 +270,10 @@ class DreamBoothConfig(TrainConfig):
     def method(self) -> str:
         return "dreambooth"
 
-    def validate(self) -> None:
+    def validate(self, folders: bool = True) -> None:
         if not self.instance_prompt:
             raise ValueError("DreamBooth needs --instance-prompt with a rare identifier and the class, e.g. 'a sks toy'.")
-        super().validate()
+        super().validate(folders)
 
 
 @dataclass
@@ -292,13 +295,13 @@ class TextualInversionConfig(TrainConfig):
             raise ValueError(f"Captions of {', '.join(missing[:5])} in {self.data} do not contain the token {self.token!r}: "
                              f"Textual Inversion learns what the token means; write it into each caption, e.g. 'a {self.token}'.")
 
-    def validate(self) -> None:
+    def validate(self, folders: bool = True) -> None:
         if self.adapter != "textual-inversion":
             raise ValueError("TextualInversionConfig trains an embedding: leave adapter as 'textual-inversion'.")
         if not self.token or not self.init_word:
             raise ValueError("Textual Inversion needs --token (the new word, e.g. '<my-toy>') and --init-word (e.g. 'toy').")
         check_number("vectors", self.vectors, minimum=1, integer=True)
-        super().validate()
+        super().validate(folders)
 
 
 @dataclass
@@ -313,13 +316,13 @@ class HypernetworkConfig(TrainConfig):
     def method(self) -> str:
         return "hypernetwork"
 
-    def validate(self) -> None:
+    def validate(self, folders: bool = True) -> None:
         if self.adapter != "hypernetwork":
             raise ValueError("HypernetworkConfig trains a hypernetwork: leave adapter as 'hypernetwork'.")
         hypernet.parse_structure(self.layer_structure)
         if self.activation not in hypernet.ACTIVATIONS:
             raise ValueError(f"Unknown --activation {self.activation!r}: choose one of {', '.join(hypernet.ACTIVATIONS)}.")
-        super().validate()
+        super().validate(folders)
 
 
 @dataclass
@@ -341,7 +344,7 @@ class LCMConfig(TrainConfig):
     def batch_loss(self, run: Run) -> torch.Tensor:
         return lcm_batch_loss(run, self)
 
-    def validate(self) -> None:
+    def validate(self, folders: bool = True) -> None:
         if self.adapter is not None and (self.adapter not in ADAPTER_KINDS or self.adapter in ("loha", "lokr")):
             raise ValueError("LCM distillation trains a LoRA-family adapter: use --adapter lora, locon or dora.")
         if self.train_text_encoder or self.prior_loss_weight:
@@ -354,7 +357,7 @@ class LCMConfig(TrainConfig):
             raise ValueError(f"Need 0 <= --w-min <= --w-max, got {self.w_min} and {self.w_max}.")
         if self.num_ddim_timesteps < 2 or 1000 % self.num_ddim_timesteps:
             raise ValueError(f"--num-ddim-timesteps must divide 1000 (e.g. 50), got {self.num_ddim_timesteps}.")
-        super().validate()
+        super().validate(folders)
 
 
 def check_blocks(unet, blocks: str | None) -> list[str] | None:
@@ -563,7 +566,8 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
     hypernetwork `hypernetwork.safetensors`. Plus `training_config.json`, `loss.json`, and `validation/`,
     `checkpoints/`, `logs/` when asked. A pipeline passed in is left as it came.
     """
-    cfg.validate()
+    # one process checks the folders: in a multi-process launch the others could find the folder the first one made
+    cfg.validate(folders=os.environ.get("RANK", "0") == "0")
     examples = scan_folder(cfg.data, cfg.instance_prompt, cfg.caption_extension)
     cfg.check_examples(examples)
     cfg = replace(cfg, mixed_precision=_precision(cfg, pipe))
@@ -574,7 +578,7 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}[cfg.mixed_precision] if accelerator.device.type == "cuda" else None
     pipe = pipe or load_pipeline(cfg.model, device=str(accelerator.device), dtype=dtype)
     cfg = cfg.with_defaults(pipe, verbose=accelerator.is_main_process)
-    cfg.validate()  # the filled-in options too (e.g. warmup shorter than the run), still before any work
+    cfg.validate(folders=False)  # the filled-in options too (e.g. warmup shorter than the run), still before any work
     for module in components(pipe).values():
         module.requires_grad_(False)
     pipe.vae.requires_grad_(False)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sdtune.data import toyworld
-from sdtune.evaluation.judge import Judge, agreement, load_judge, to_tensor
+from sdtune.evaluation.judge import Judge, agreement, agreement_rates, load_judge, to_tensor
+from sdtune.evaluation.stats import Rate
 from sdtune.models.pretrain import all_concept_scenes
 
 
@@ -27,3 +28,13 @@ def test_judge_save_and_load_round_trip(tmp_path):
 def test_missing_judge_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="No judge weights"):
         load_judge(tmp_path)
+
+
+def test_agreement_rates_count_what_agreement_averages():
+    scenes = [toyworld.Scene("circle", "red"), toyworld.Scene("square", "blue"), toyworld.Scene("star", "pink")]
+    predicted = {"shape": ["circle", "circle", "star"], "colour": ["red", "blue", "pink"]}
+    rates = agreement_rates(predicted, scenes)
+    assert rates == {"shape": Rate(2, 3), "colour": Rate(3, 3)}
+    assert {k: r.value for k, r in rates.items()} == agreement(predicted, scenes)
+    with pytest.raises(ValueError, match="one scene per image"):
+        agreement_rates(predicted, scenes[:2])

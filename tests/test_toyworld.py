@@ -65,15 +65,16 @@ def test_write_dataset_is_a_user_style_folder_and_refuses_to_overwrite(tmp_path)
     scenes = tw.sample_scenes(3, seed=0, styles=["dotted"])
     folder = tw.write_dataset(scenes, tmp_path / "ds")
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["0000.png", "0000.txt", "0001.png", "0001.txt", "0002.png", "0002.txt", "scenes.jsonl"]
+    # plus sdtune's manifest of what it wrote (hidden): what a later --overwrite may replace
+    assert names == [".sdtune-manifest.json", "0000.png", "0000.txt", "0001.png", "0001.txt", "0002.png", "0002.txt", "scenes.jsonl"]
     assert (folder / "0001.txt").read_text().strip() == tw.caption(scenes[1])
     assert Image.open(folder / "0000.png").size == (64, 64)
     assert json.loads((folder / "scenes.jsonl").read_text().splitlines()[2])["style"] == "dotted"
     with pytest.raises(FileExistsError, match="overwrite"):
         tw.write_dataset(scenes[:1], folder)
-    assert len(list(folder.iterdir())) == 7  # untouched
+    assert len(list(folder.iterdir())) == 8  # untouched
     tw.write_dataset(scenes[:1], folder, overwrite=True)
-    assert len(list(folder.iterdir())) == 3
+    assert len(list(folder.iterdir())) == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a staging folder was left behind"
 
 

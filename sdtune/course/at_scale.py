@@ -46,6 +46,10 @@ class AtScale:
         """The learner's step count; 2 in CI."""
         return 2 if self.ci else steps
 
+    def count(self, n: int) -> int:
+        """A count the learner sets, such as class images to generate; 2 in CI."""
+        return 2 if self.ci else n
+
     def sampling(self, steps: int, guidance: float) -> dict:
         """`sdtune.sample` keyword arguments: the learner's, or 2 steps in CI."""
         return {"num_inference_steps": self.steps(steps), "guidance_scale": guidance}
@@ -79,6 +83,6 @@ def at_scale(kind: str, method: str) -> AtScale | None:
               f"a T4's settings: {plan.settings} (on the CPU: {cpu})")
         return AtScale(kind, ci_model, plan.settings | cpu, ci=True)
     if not torch.cuda.is_available():
-        print(f"This cell trains {REAL[kind]} and needs a GPU (Colab: Runtime > Change runtime type > GPU): skipped on this CPU.")
+        print(f"This cell runs {REAL[kind]} and needs a GPU (Colab: Runtime > Change runtime type > GPU): skipped on this CPU.")
         return None
     return AtScale(kind, REAL[kind], fit.settings_for(FAMILY[kind], method), ci=False)

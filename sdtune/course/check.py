@@ -1,11 +1,17 @@
 """Self-checks for exercises, in the spirit of karpathy's `cmp()`: a clear verdict and what is wrong.
 
-    if not check.solved(check_add_noise, add_noise):     # runs your function through the check
-        from sdtune.course.solutions.ch00 import add_noise  # falls back to the reference so later cells run
+A chapter's exercises live in `sdtune/course/checks/chNN.py`: for each, an `Exercise` with its checker, the
+reference solution (`sdtune/course/solutions/chNN.py`) and plausible wrong answers. The notebook runs
+
+    from sdtune.course.checks import ch00
+    add_noise = check.solution(ch00.ADD_NOISE, add_noise)   # yours if it passes, else the reference
+
+and `tests/test_exercises.py` runs every reference (it must pass) and every wrong answer (each must fail).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,3 +49,25 @@ def solved(checker: Callable[[Callable], bool], fn: Callable) -> bool:
     if not ok:
         print("Using the reference solution for the cells below; fix yours and run the check again.")
     return ok
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: `checker(fn)` says whether `fn` is right (printing what is wrong); `reference` passes it;
+    each of `wrong` (a plausible mistake, by its description) must fail it."""
+
+    name: str
+    checker: Callable[[Callable], bool]
+    reference: Callable
+    wrong: dict[str, Callable] = field(default_factory=dict)
+
+
+def solution(exercise: Exercise, attempt: Callable) -> Callable:
+    """The function the chapter goes on with: the learner's `attempt` if it passes the check, else the reference,
+    which is checked too: a reference that fails its own check stops the chapter (a bug in the course)."""
+    if solved(exercise.checker, attempt):
+        return attempt
+    if not exercise.checker(exercise.reference):
+        raise AssertionError(f"The reference solution of {exercise.name} fails its own check: this is a bug in the "
+                             "course, please report it.")
+    return exercise.reference

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data import toyworld
 from ..io import ASSETS
+from .stats import Rate
 
 JUDGE_DIR = ASSETS / "judge"
 
@@ -94,3 +95,11 @@ def agreement(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene])
         k: float(np.mean([p == getattr(s, k) for p, s in zip(values, scenes)]))
         for k, values in predicted.items()
     }
+
+
+def agreement_rates(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene]) -> dict[str, Rate]:
+    """`agreement` counted: per attribute, k of n images named as their scene, with its Wilson 95% interval."""
+    for k, values in predicted.items():
+        if len(values) != len(scenes):
+            raise ValueError(f"agreement_rates got {len(values)} predicted {k}s for {len(scenes)} scenes: pass one scene per image.")
+    return {k: Rate.of(p == getattr(s, k) for p, s in zip(values, scenes)) for k, values in predicted.items()}

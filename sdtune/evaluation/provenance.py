@@ -110,7 +110,15 @@ def write_results(path: str | os.PathLike, payload: dict, weights: Iterable[str 
     text = json.dumps({"provenance": record(command, weights), **payload}, indent=1, default=_plain)
     with staged_file(path) as tmp:
         tmp.write_text(text + "\n")
+        readable(tmp)
     return path
+
+
+def readable(path: Path) -> None:
+    """Give a staged file a normal file's permissions (the temporary file it was is private to its owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _plain(value):

@@ -23,6 +23,7 @@ from diffusers import LCMScheduler
 from safetensors.torch import save_file
 
 from ..data import toyworld
+from ..defaults import recommended
 from ..evaluation.judge import load_judge
 from ..evaluation.prompts import prompt_accuracy
 from ..formats.adapters import load_adapter, remove_adapter
@@ -34,10 +35,13 @@ from .loading import load_pipeline
 # concept -> (toy-world attribute, value, training settings)
 CONCEPTS = {
     "pink": ("colour", "pink", dict(adapter="locon", rank=8, lr=1e-3, steps=300)),
-    "checkerboard": ("background", "checkerboard", dict(adapter="lora", rank=4, lr=3e-3, steps=150)),
+    "checkerboard": ("background", "checkerboard", dict(adapter="lora", targets="attn", rank=4, lr=3e-3, steps=150)),
     "dotted": ("style", "dotted", dict(adapter="locon", rank=8, lr=1e-3, steps=300)),
     "star": ("shape", "star", dict(adapter="locon", rank=8, lr=1e-3, steps=300)),
 }
+
+# the guidance the tiny model's LoRA recipes are sampled at (sdtune.defaults): chapters sample these LoRAs with it
+GUIDANCE = recommended("tiny", "lora", "lora")["sample_guidance"].value
 
 
 def save_half(src: Path, dst: Path) -> None:
@@ -109,7 +113,7 @@ def main(out: str, overwrite: bool = False, only: list[str] | None = None) -> No
                 continue
             data = toyworld.write_dataset(concept_scenes(attribute, value, 24, seed=1), Path(work) / name)
             start = time.time()
-            trained = train(TrainConfig(data=str(data), out=str(Path(work) / f"{name}-out"), batch_size=8, seed=0, **settings), pipe=pipe)
+            trained = train(TrainConfig(data=str(data), out=str(Path(work) / f"{name}-out"), batch_size=8, seed=0, max_timestep=1000, **settings), pipe=pipe)
             seconds = time.time() - start
             save_half(trained / f"{name}-out.safetensors", tmp / f"{name}.safetensors")
             before = presence(pipe, judge, attribute, value)

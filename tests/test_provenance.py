@@ -1,0 +1,59 @@
+"""Results files record what produced them, and say when the weights they measured have changed."""
+
+import hashlib
+import json
+
+import pytest
+
+from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, check_weights, record, sha256, write_results
+from sdtune.evaluation.stats import Rate
+
+
+def test_record_names_command_commit_machine_time_and_weights():
+    rec = record("python benchmarks/x.py --seeds 3", weights=[TINY_SD, JUDGE_WEIGHTS])
+    assert rec["command"] == "python benchmarks/x.py --seeds 3"
+    assert rec["git"] is None or (len(rec["git"]["commit"]) == 40 and isinstance(rec["git"]["dirty"], bool))
+    assert {"platform", "cpus", "torch", "device"} <= set(rec["machine"])
+    assert rec["time"].endswith("+00:00")
+    assert "sdtune/assets/judge/model.safetensors" in rec["weights"]  # relative to the checkout
+    assert "sdtune/assets/tiny-sd/unet/diffusion_pytorch_model.safetensors" in rec["weights"]  # a folder: its files
+    assert rec["weights"]["sdtune/assets/judge/model.safetensors"] == hashlib.sha256(JUDGE_WEIGHTS.read_bytes()).hexdigest()
+
+
+def test_write_results_is_json_with_provenance_and_refuses_to_overwrite(tmp_path):
+    weights = tmp_path / "lora.safetensors"
+    weights.write_bytes(b"weights v1")
+    path = write_results(tmp_path / "r.json", {"shape": Rate(23, 24)}, weights=[weights], command="test")
+    saved = json.loads(path.read_text())
+    assert saved["shape"] == Rate(23, 24).as_dict() and saved["provenance"]["command"] == "test"
+    assert saved["provenance"]["weights"] == {str(weights.resolve()): sha256(weights)}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_results(tmp_path / "r.json", {}, command="test")
+    write_results(tmp_path / "r.json", {"again": 1}, command="test", overwrite=True)
+    assert json.loads(path.read_text())["again"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora.safetensors", "r.json"]  # no temporary file left
+
+
+def test_check_weights_catches_changed_and_missing_files(tmp_path):
+    weights = tmp_path / "lora.safetensors"
+    weights.write_bytes(b"weights v1")
+    saved = json.loads(write_results(tmp_path / "r.json", {}, weights=[weights], command="test").read_text())
+    assert check_weights(saved) == [] and check_weights(saved["provenance"]) == []
+    weights.write_bytes(b"weights v2")
+    assert check_weights(saved) == [f"{weights.resolve()}: sha256 changed since the measurement (the figures describe other weights)"]
+    weights.unlink()
+    assert check_weights(saved) == [f"{weights.resolve()}: missing"]
+    with pytest.raises(ValueError, match="no 'weights'"):
+        check_weights({"provenance": {}})
+
+
+def test_bad_inputs_are_one_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        record("x", weights=[tmp_path / "nope.safetensors"])
+    with pytest.raises(FileNotFoundError, match="no .safetensors"):
+        record("x", weights=[tmp_path])
+    with pytest.raises(ValueError, match="adds the 'provenance' key itself"):
+        write_results(tmp_path / "r.json", {"provenance": 1}, command="x")
+    with pytest.raises(TypeError, match="cannot write a set"):
+        write_results(tmp_path / "s.json", {"x": {1, 2}}, command="x")
+    assert not (tmp_path / "s.json").exists()
