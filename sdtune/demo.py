@@ -7,7 +7,7 @@
    LoRA on the attention, MLP and convolution layers, batch 32, low-noise timesteps), the recipe
    `benchmarks/defaults_study.py` measured over several training seeds;
 4. sample the same prompts with the same seed, now with the LoRA, at the guidance the recipe was measured at,
-   and measure again: the judge should see the stripes in at least 80% of the images while the shape and the
+   and measure again: the judge should see the dots in at least 80% of the images while the shape and the
    colour stay right in at least 85% (k of n, with 95% Wilson intervals).
 """
 

@@ -213,10 +213,16 @@ def sdtune_process(*argv):
     return subprocess.Popen([sys.executable, "-m", "sdtune", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def interrupt_at(proc: subprocess.Popen, ready: Path, timeout: float = 300) -> tuple[str, str]:
+def interrupt_at(proc: subprocess.Popen, out: Path, step: int, timeout: float = 300) -> tuple[str, str]:
+    """SIGINT the training process once it has a checkpoint of `step` or later (older ones are pruned as it goes, so a
+    checkpoint folder can come and go between two looks), and wait for it to exit."""
+    def reached() -> bool:
+        return any(int(p.name[5:]) >= step for p in (out / "checkpoints").glob("step-*") if p.name[5:].isdigit())
+
     deadline = time.time() + timeout
-    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+    while not reached() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted: give it more steps"
     proc.send_signal(signal.SIGINT)
     return proc.communicate(timeout=120)
 
@@ -226,7 +232,7 @@ def test_ctrl_c_during_an_overwrite_run_leaves_no_old_result_beside_new_checkpoi
     cli(train_args(tiny_path, dataset, out))
     old = load_file(out / "pytorch_lora_weights.safetensors")
     proc = sdtune_process(*train_args(tiny_path, dataset, out, "--overwrite", "--steps", "400", "--checkpoint-every", "1", "--seed", "1"))
-    _, err = interrupt_at(proc, out / "checkpoints" / "step-0000002")
+    _, err = interrupt_at(proc, out, 2)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err and "earlier result is kept" in err, err
     assert not (out / "pytorch_lora_weights.safetensors").exists() and not (out / "o.safetensors").exists()
@@ -255,12 +261,13 @@ def test_sample_into_a_read_only_folder_is_refused_before_sampling(tiny_path, tm
 def test_a_truncated_checkpoint_falls_back_to_the_one_before(damaged, tiny_path, dataset, tmp_path, caplog):
     out = tmp_path / "o"
     proc = sdtune_process(*train_args(tiny_path, dataset, out, "--steps", "400", "--checkpoint-every", "1"))
-    interrupt_at(proc, out / "checkpoints" / "step-0000003")
+    interrupt_at(proc, out, 3)
     newest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    steps = int(newest.name[5:]) + 3  # a few steps past the newest checkpoint, wherever the interrupt landed
     path = newest / damaged
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with caplog.at_level(logging.WARNING):
-        cli(train_args(tiny_path, dataset, out, "--steps", "6", "--checkpoint-every", "1", "--resume"))
+        cli(train_args(tiny_path, dataset, out, "--steps", str(steps), "--checkpoint-every", "1", "--resume"))
     assert f"{newest} is damaged" in caplog.text
     assert json.loads((out / "loss.json").read_text())["resumed_at_step"] == int(newest.name[5:]) - 1
 
@@ -268,7 +275,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_one_before(damaged, tiny_path,
 def test_ctrl_c_prints_one_line(tiny_path, dataset, tmp_path):
     out = tmp_path / "o"
     proc = sdtune_process(*train_args(tiny_path, dataset, out, "--steps", "400", "--checkpoint-every", "1"))
-    _, err = interrupt_at(proc, out / "checkpoints" / "step-0000001")
+    _, err = interrupt_at(proc, out, 1)
     assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert [line for line in err.splitlines() if line.startswith("sdtune train:")] == err.strip().splitlines()[-1:], err
 

@@ -24,7 +24,7 @@ def _exceptions(path: Path) -> dict[str, str] | None:
 CHAPTERS = sorted(p.name[:2] for p in (ROOT / "course").glob("[0-9][0-9]_*.ipynb") if _exceptions(p) is not None)
 EXCEPTIONS = {n: _exceptions(next((ROOT / "course").glob(f"{n}_*.ipynb"))) for n in CHAPTERS}
 
-NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"(?<![A-Za-z0-9_.])\d[\d,]*(?:\.\d+)?")  # a digit after a Chinese character counts too
 STRUCTURE = re.compile(r"^\s*(?:#+\s*|\*\*|>\s*)?\d+\.\s", re.M)  # "## 3. The judge", "**2. Guidance.**", "1. item"
 VARIABLE = re.compile(r"\b[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_]+\b|\b[A-Za-z_]\w*\[[^\]\s]*\]")
 
@@ -116,5 +116,6 @@ def test_the_check_catches_a_planted_number():
     nb = {"cells": [{"cell_type": "code", "source": ["print(0.972)"], "outputs": [{"text": ["97.2%\n"]}]},
                     {"cell_type": "markdown", "source": ["The judge agrees in 97.2% of images, colour 99.0%."]}]}
     assert numbers_in(prose(nb["cells"][1]["source"][0])) - printed(nb) == {"99.0"}
+    assert numbers_in("评判器一致率为97.2%，颜色为99.0%") == {"97.2", "99.0"}  # digits against Chinese text are found too
     assert VARIABLE.findall(prose("fidelity was scores[\"base\"] after N_STEPS steps; `ok_name` in code")) == \
         ['scores["base"]', "N_STEPS"]
