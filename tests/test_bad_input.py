@@ -210,7 +210,9 @@ def test_class_data_equal_to_the_instance_folder_is_refused(tiny_path, dataset, 
 
 def sdtune_process(*argv):
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    return subprocess.Popen([sys.executable, "-m", "sdtune", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action, even where the test runner was started with SIGINT ignored (a background job of a shell)
+    return subprocess.Popen([sys.executable, "-m", "sdtune", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def interrupt_at(proc: subprocess.Popen, out: Path, step: int, timeout: float = 300) -> tuple[str, str]:
