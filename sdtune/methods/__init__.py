@@ -38,8 +38,9 @@ def target_modules(preset: str, component: str) -> list[str]:
 
 def within_blocks(suffixes: list[str], blocks: list[str]) -> str:
     """A peft target regex: layers ending in one of `suffixes` inside one of the UNet `blocks` (e.g. B-LoRA's
-    up_blocks.0.attentions.0)."""
-    return rf"^(?:{'|'.join(map(re.escape, blocks))})\..*\.(?:{'|'.join(map(re.escape, suffixes))})$"
+    up_blocks.0.attentions.0, or a ResNet such as up_blocks.1.resnets.0 whose conv1 sits right under it)."""
+    # The block is a lookahead, not consumed: a suffix such as downsamplers.0.conv may overlap the block's own name.
+    return rf"^(?=(?:{'|'.join(map(re.escape, blocks))})\.).*\.(?:{'|'.join(map(re.escape, suffixes))})$"
 
 
 def adapter_config(kind: str, rank: int, alpha: float, targets: str, component: str = "unet", blocks: list[str] | None = None,
