@@ -359,8 +359,7 @@ def grid(pipe, blocks: tuple[str, str], seed: int, work: Path, path: Path) -> No
 
     import sdtune
     from sdtune.data import toyworld
-    from sdtune.evaluation.provenance import readable
-    from sdtune.io import staged_file
+    from sdtune.evaluation.provenance import write_figure
 
     named = scenes()
     loras = {name: train_lora(pipe, scene, list(blocks), seed, work) for name, scene in named.items()}
@@ -386,10 +385,7 @@ def grid(pipe, blocks: tuple[str, str], seed: int, work: Path, path: Path) -> No
         ax.axis("off")
     fig.suptitle(f"B-LoRA on the tiny model, training seed {seed}: content unit {blocks[0]}, style unit {blocks[1]}", fontsize=8)
     plt.tight_layout()
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-        readable(tmp)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
 def main() -> None:

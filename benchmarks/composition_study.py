@@ -56,13 +56,12 @@ from sdtune.evaluation.composition import combination_scenes
 from sdtune.evaluation.provenance import (
     JUDGE_WEIGHTS,
     TINY_SD,
-    readable,
     sha256,
+    write_figure,
     write_results,
 )
 from sdtune.evaluation.stats import Rate, paired_difference, seed_difference
 from sdtune.formats import load_adapter
-from sdtune.io import staged_file
 from sdtune.training import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results" / "composition_study_cpu.json"
@@ -291,10 +290,7 @@ def examples_png(path: Path, examples: dict) -> None:
     prompt = next(iter(examples.values()))[1]["prompt"]
     fig.suptitle(f"'{prompt}' (4 LoRAs, sampling seed 0): the judge's verdict per asked concept", fontsize=9)
     fig.tight_layout()
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-        readable(tmp)
-    plt.close(fig)
+    write_figure(path, fig, dpi=80)
 
 
 def main() -> None:

@@ -218,8 +218,7 @@ def grid(pictures: dict[str, np.ndarray], path: Path, seed: int, own_caption: st
     import matplotlib.pyplot as plt
 
     from sdtune.data import toyworld
-    from sdtune.evaluation.provenance import readable
-    from sdtune.io import staged_file
+    from sdtune.evaluation.provenance import write_figure
 
     prompts = [toyworld.caption(s) for s in eval_scenes()]
     def short(prompt: str) -> str:
@@ -242,10 +241,7 @@ def grid(pictures: dict[str, np.ndarray], path: Path, seed: int, own_caption: st
     fig.suptitle(f"copier study, training seed {seed}: new prompts (none mentions shading), then the one pair's own caption "
                  "(red frames); sampling seed 0", fontsize=9)
     plt.tight_layout()
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=72)
-        readable(tmp)
-    plt.close(fig)
+    write_figure(path, fig, dpi=72)
 
 
 def main() -> None:

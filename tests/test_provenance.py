@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, check_weights, record, sha256, write_results
+from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, check_weights, record, sha256, write_figure, write_results
 from sdtune.evaluation.stats import Rate
 
 
@@ -32,6 +32,20 @@ def test_write_results_is_json_with_provenance_and_refuses_to_overwrite(tmp_path
     write_results(tmp_path / "r.json", {"again": 1}, command="test", overwrite=True)
     assert json.loads(path.read_text())["again"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lora.safetensors", "r.json"]  # no temporary file left
+
+
+def test_write_figure_leaves_a_whole_png_and_closes_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    path = write_figure(tmp_path / "grid.png", fig, dpi=40)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no staged leftover
+    assert fig.number not in plt.get_fignums()
 
 
 def test_check_weights_catches_changed_and_missing_files(tmp_path):

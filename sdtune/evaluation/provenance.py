@@ -114,6 +114,18 @@ def write_results(path: str | os.PathLike, payload: dict, weights: Iterable[str 
     return path
 
 
+def write_figure(path: str | os.PathLike, fig, dpi: int) -> Path:
+    """Save a matplotlib figure as a PNG beside a results file, atomically (never half-written), and close it."""
+    import matplotlib.pyplot as plt  # here, not at import: only the benchmarks that draw need matplotlib
+
+    path = Path(path)
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        readable(tmp)
+    plt.close(fig)
+    return path
+
+
 def readable(path: Path) -> None:
     """Give a staged file a normal file's permissions (the temporary file it was is private to its owner)."""
     umask = os.umask(0)
