@@ -68,6 +68,28 @@ def quiet_progress(pipe) -> Iterator[None]:
         pipe.set_progress_bar_config(**before)
 
 
+@contextlib.contextmanager
+def counting_passes(modules: torch.nn.Module | Sequence[torch.nn.Module]) -> Iterator[dict[str, int]]:
+    """Count what `modules` compute inside the `with` block: {"calls": forward calls, "rows": batch rows seen}.
+
+    Work measured by counting, not by a clock: guidance runs the UNet once per step on a doubled batch, so
+    25 guided steps for 4 images are 25 calls and 200 rows (50 UNet evaluations per image) on any machine."""
+    modules = [modules] if isinstance(modules, torch.nn.Module) else list(modules)
+    seen = {"calls": 0, "rows": 0}
+
+    def hook(module, args, kwargs) -> None:
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        seen["calls"] += 1
+        seen["rows"] += first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def image_grid(images: Sequence[Image.Image], cols: int | None = None, scale: int = 1) -> Image.Image:
     """Tile images into one picture, row by row (`scale` enlarges small images without blurring)."""
     if not images:

@@ -74,3 +74,16 @@ def test_a_v_prediction_model_is_distilled_in_the_scheduler_s_own_terms(tiny_pat
     data = toyworld.write_dataset(toyworld.sample_scenes(4, seed=0), tmp_path / "data")
     out = train(LCMConfig(data=str(data), out=str(tmp_path / "lcm"), steps=3, batch_size=2), pipe=pipe)
     assert all(torch.isfinite(torch.tensor(__import__("json").loads((out / "loss.json").read_text())["loss"])))
+
+
+def test_passes_are_counted_not_timed(tiny_pipe):
+    """Guidance doubles the UNet's batch; an LCM step at guidance 1 is one evaluation per image."""
+    from sdtune.sampling import counting_passes, sample
+
+    with counting_passes(tiny_pipe.unet) as guided:
+        sample(tiny_pipe, ["a red circle", "a blue square"], num_inference_steps=3, guidance_scale=4.0)
+    with counting_passes(tiny_pipe.unet) as single:
+        sample(tiny_pipe, ["a red circle", "a blue square"], num_inference_steps=3, guidance_scale=1.0)
+    assert guided == {"calls": 3, "rows": 12} and single == {"calls": 3, "rows": 6}
+    sample(tiny_pipe, "a red circle", num_inference_steps=2)
+    assert guided == {"calls": 3, "rows": 12}, "the hooks are removed when the block ends"
