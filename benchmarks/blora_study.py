@@ -59,7 +59,6 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results" / "blora_study_cpu.json"
-GRID = BENCHMARKS / "results" / "blora_study_cpu.png"
 
 CAPTION = "a shape on a white background"  # every training image's caption, and the prompt of the whole LoRA
 AUGMENTED = 16  # renderings of the one scene, shifted and scaled
@@ -389,19 +388,15 @@ def grid(pipe, blocks: tuple[str, str], seed: int, work: Path, path: Path) -> No
 
 
 def main() -> None:
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, study_arguments, study_setup, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (at least 3 for the comparisons)")
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sdtune-blora-study"),
-                        help="cache of trained LoRAs and per-image outcomes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    study_arguments(parser, "blora-study", RESULTS, seeds_help="training seeds (at least 3 for the comparisons)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    seeds, work = study_setup(parser, args)
+    out = Path(args.out)
 
     import sdtune
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
 
     start = time.perf_counter()
     pipe = sdtune.load_pipeline("tiny")
@@ -421,7 +416,7 @@ def main() -> None:
     runs = {arm: {seed: run_seed(pipe, judge, arm, blocks, seed, work) for seed in seeds} for arm, blocks in arms.items()}
     base = base_run(pipe, judge)
     summary = summarise(runs, base)
-    grid(pipe, arms["probed units"], seeds[0], work, GRID)
+    grid(pipe, arms["probed units"], seeds[0], work, out.with_suffix(".png"))
     for arm, s in summary["arms"].items():
         print(f"\n{arm}: content {s['blocks'][0]}, style {s['blocks'][1]} ({len(seeds)} training seeds x 2 images x {N} images)")
         for label, ms in s["conditions"].items():
@@ -436,10 +431,10 @@ def main() -> None:
     payload = {"settings": {"seeds": seeds, "recipe": RECIPE, "caption": CAPTION, "augmented": AUGMENTED, "n": N,
                             "sampling": SAMPLING, "images": {k: asdict(v) for k, v in scenes().items()},
                             "arms": {a: list(b) for a, b in arms.items()}},
-               "ablation": probe, **summary, "grid": str(GRID.relative_to(BENCHMARKS.parent)),
+               "ablation": probe, **summary, "grid": os.path.relpath(out.with_suffix(".png"), BENCHMARKS.parent),
                "study_s": round(time.perf_counter() - start, 1), "load_average": os.getloadavg()[0]}
-    write_results(RESULTS, payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
-    print(f"\n{RESULTS} ({payload['study_s']:.0f} s)")
+    write_results(out, payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    print(f"\n{out} ({payload['study_s']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ from sdtune.evaluation.provenance import (
     JUDGE_WEIGHTS,
     TINY_SD,
     sha256,
+    study_arguments,
+    study_setup,
     write_figure,
     write_results,
 )
@@ -295,23 +297,16 @@ def examples_png(path: Path, examples: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2", help="sampling seeds: each draws fresh prompts and noise (default 0,1,2)")
     parser.add_argument("--prompts", type=int, default=2,
                         help="prompts per combination and seed (the combination of all four: 4x, at most 8; default 2)")
     parser.add_argument("--alone", type=int, default=12, help="held-out prompts per LoRA and seed, each LoRA alone (default 12)")
     parser.add_argument("--weights", default="2", help="the strength map's LoRA weights besides 1, comma-separated (default 2)")
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / "composition-study"),
-                        help="where the LoRAs are trained and kept for a rerun")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (JSON); the grid goes beside it as _examples.png")
+    study_arguments(parser, "composition-study", RESULTS, seeds_help="sampling seeds: each draws fresh prompts and noise")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
     weights = [float(w) for w in args.weights.split(",") if w]
     if args.prompts < 1 or args.alone < 1:
         parser.error("--prompts and --alone must be at least 1")
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    seeds, work = study_setup(parser, args)
     start = time.time()
 
     pipe, judge = sdtune.load_pipeline("tiny"), sdtune.load_judge()

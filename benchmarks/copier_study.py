@@ -47,7 +47,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "copier_study_cpu.json"
 
@@ -245,23 +244,18 @@ def grid(pictures: dict[str, np.ndarray], path: Path, seed: int, own_caption: st
 
 
 def main() -> None:
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, study_arguments, study_setup, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="training seeds, comma-separated (at least 3 for the differences)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--work", default="/tmp/sdtune-copier-study", help="trained runs and per-seed outcomes")
-    parser.add_argument("--out", default=str(RESULTS), help="the results file (the grid is written beside it, *_grid.png)")
+    study_arguments(parser, "copier-study", RESULTS, seeds="0,1,2,3,4", seeds_help="training seeds (at least 3 for the differences)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    seeds, work = study_setup(parser, args)
 
     import sdtune
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
 
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     judge = sdtune.load_judge()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     for seed in seeds:
         cached = work / f"seed{seed}.json"

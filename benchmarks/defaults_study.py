@@ -33,7 +33,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results" / "defaults_study_cpu.json"
@@ -226,20 +225,15 @@ def compare(a: dict[int, dict], b: dict[int, dict], guidance: str, measure: str,
 
 
 def main() -> None:
+    from sdtune.evaluation.provenance import study_arguments, study_setup
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", default="style,subject", help="style, subject or both (comma-separated)")
     parser.add_argument("--recipes", help="comma-separated recipe names (default: all of the part's)")
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / "defaults-study"),
-                        help="folder for data, runs and the per-run cache")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (JSON)")
+    study_arguments(parser, "defaults-study", RESULTS, threads=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    seeds, work = study_setup(parser, args)
     os.environ.setdefault("SDTUNE_CACHE", str(work / "cache"))  # class images: kept with the study
-    seeds = [int(s) for s in args.seeds.split(",")]
     parts = args.part.split(",")
     wanted = set(args.recipes.split(",")) if args.recipes else None
     unknown = (wanted or set()) - set(STYLE_RECIPES) - set(SUBJECT_RECIPES)

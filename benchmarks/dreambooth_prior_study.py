@@ -38,7 +38,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import torch
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results" / "dreambooth_prior_study_cpu.json"
@@ -167,22 +166,17 @@ def labelled_picture(rows: dict[str, dict[str, list]], scale: int = 2):
 
 
 def main() -> None:
+    from sdtune.evaluation.provenance import study_arguments, study_setup
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default="0,1", help="prior loss weights (comma-separated; 0 must be among them)")
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="training seeds (at least 3 for the paired differences)")
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / "dreambooth-prior-study"),
-                        help="folder for the data, the class images, the runs and the per-run cache")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (JSON); the picture is written beside it (.png)")
+    study_arguments(parser, "dreambooth-prior-study", RESULTS, seeds="0,1,2,3,4",
+                    seeds_help="training seeds (at least 3: the differences are paired over seeds)")
     args = parser.parse_args()
-    weights, seeds = [float(w) for w in args.weights.split(",")], [int(s) for s in args.seeds.split(",")]
+    weights = [float(w) for w in args.weights.split(",")]
     if 0.0 not in weights:
         parser.error("--weights must include 0: every weight is compared with prior preservation off")
-    if len(seeds) < 3:
-        parser.error("--seeds needs at least 3 training seeds: the differences are paired over seeds")
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    seeds, work = study_setup(parser, args, min_seeds=3)
 
     from PIL import Image
 

@@ -36,7 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results" / "forgetting_study_cpu.json"
@@ -172,24 +171,17 @@ def same_steps(name_a: str, name_b: str, runs_a: dict, runs_b: dict) -> dict:
 
 
 def main() -> None:
+    from sdtune.evaluation.provenance import study_arguments, study_setup
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arms", default="LoRA,full", help=f"comma-separated, from: {', '.join(ARMS)}")
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / "forgetting-study"),
-                        help="folder for the data and the per-run cache")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (JSON)")
+    study_arguments(parser, "forgetting-study", RESULTS)
     args = parser.parse_args()
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if len(seeds) < 2:
-        parser.error("--seeds: at least 2 training seeds (differences are paired by seed; the study's claims use 3)")
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    seeds, work = study_setup(parser, args, min_seeds=2)  # differences are paired by seed; the study's claims use 3
 
     import sdtune
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results

@@ -155,16 +155,12 @@ def differences(runs: dict[int, dict]) -> list[dict]:
 
 
 def main() -> None:
+    from sdtune.evaluation.provenance import study_arguments, study_setup
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / "lora-basics"), help="data, runs, per-seed cache")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (JSON)")
+    study_arguments(parser, "lora-basics", RESULTS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds, work = study_setup(parser, args)
 
     from sdtune.evaluation.judge import load_judge
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results

@@ -23,7 +23,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "parameter_sweeps_cpu.json"
 
@@ -85,16 +84,12 @@ def run_seed(seed: int, work: Path, judge, pipe, data: Path, prompts: list[str],
 
 
 def main() -> None:
+    from sdtune.evaluation.provenance import study_arguments, study_setup
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / "parameter-sweeps"), help="data, runs, cache")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (JSON)")
+    study_arguments(parser, "parameter-sweeps", RESULTS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds, work = study_setup(parser, args)
 
     import sdtune
     from sdtune.data import toyworld

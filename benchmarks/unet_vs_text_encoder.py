@@ -190,21 +190,13 @@ def run_seed(seed: int, work: Path, judge, pipe, data: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds (at least 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / "unet-vs-text-encoder"), help="data, runs, cache")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (JSON)")
-    args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-
+    from sdtune.evaluation.provenance import study_arguments, study_setup
     from sdtune.evaluation.stats import MIN_SEEDS, Rate, seed_difference
 
-    if len(set(seeds)) < MIN_SEEDS:
-        parser.error(f"--seeds {args.seeds}: the differences need at least {MIN_SEEDS} distinct training seeds, e.g. 0,1,2.")
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    study_arguments(parser, "unet-vs-text-encoder", RESULTS, seeds_help="training seeds (at least 3)")
+    args = parser.parse_args()
+    seeds, work = study_setup(parser, args, min_seeds=MIN_SEEDS)
 
     import sdtune
     from sdtune.data import toyworld

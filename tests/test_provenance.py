@@ -1,11 +1,14 @@
 """Results files record what produced them, and say when the weights they measured have changed."""
 
+import argparse
 import hashlib
 import json
 
 import pytest
+import torch
 
-from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, check_weights, record, sha256, write_figure, write_results
+from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, check_weights, record, sha256, study_arguments, study_setup,
+                                         write_figure, write_results)
 from sdtune.evaluation.stats import Rate
 
 
@@ -71,3 +74,20 @@ def test_bad_inputs_are_one_clear_error(tmp_path):
     with pytest.raises(TypeError, match="cannot write a set"):
         write_results(tmp_path / "s.json", {"x": {1, 2}}, command="x")
     assert not (tmp_path / "s.json").exists()
+
+
+def test_every_study_takes_the_same_options_and_refuses_bad_seeds_before_work(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    study_arguments(parser, "x-study", tmp_path / "x.json", seeds="0,1,2")
+    args = parser.parse_args(["--work", str(tmp_path / "work"), "--threads", "1"])
+    threads = torch.get_num_threads()
+    try:
+        assert study_setup(parser, args, min_seeds=3) == ([0, 1, 2], tmp_path / "work") and (tmp_path / "work").is_dir()
+        assert torch.get_num_threads() == 1 and args.out == str(tmp_path / "x.json")
+    finally:
+        torch.set_num_threads(threads)
+    for seeds, message in (("0,0,1", "given twice"), ("0,1", "at least 3 seeds"), ("a,b", "comma-separated integers")):
+        args = parser.parse_args(["--seeds", seeds, "--work", str(tmp_path / seeds)])
+        with pytest.raises(SystemExit):
+            study_setup(parser, args, min_seeds=3)
+        assert message in capsys.readouterr().err and not (tmp_path / seeds).exists(), seeds

@@ -3,6 +3,9 @@
     write_results("benchmarks/results/x.json", {"agreement": ...}, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     check_weights(json.load(open("benchmarks/results/x.json")))      # [] while the weights are the ones measured
 
+A study script takes the same options as every other (`study_arguments`, `study_setup`): --seeds, --threads,
+--work (its cache: a rerun adds only what is missing) and --out.
+
 The record: the command, the git commit (and whether the tree had uncommitted changes), the machine (platform,
 CPU count, torch version, device), the time, and the sha256 of each weights file measured. A test that
 compares a logged figure with a re-measurement first checks that the weights are still the logged ones.
@@ -10,6 +13,7 @@ compares a logged figure with a re-measurement first checks that the weights are
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
 import json
@@ -158,3 +162,33 @@ def check_weights(results: dict) -> list[str]:
         elif sha256(path) != digest:
             problems.append(f"{shown}: sha256 changed since the measurement (the figures describe other weights)")
     return problems
+
+
+def study_arguments(parser: argparse.ArgumentParser, name: str, results: str | os.PathLike, seeds: str = "0,1,2",
+                    seeds_help: str = "training seeds", threads: int = 1) -> None:
+    """Add the options every study in benchmarks/ takes: --seeds, --threads, --work and --out."""
+    parser.add_argument("--seeds", default=seeds, help=f"{seeds_help}, comma-separated (default {seeds})")
+    parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
+    parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / name),
+                        help="data, trained runs and per-seed outcomes, kept so that a rerun adds only what is missing")
+    parser.add_argument("--out", default=str(results), help="results file (JSON); a picture, if any, is written beside it")
+
+
+def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_seeds: int = 1) -> tuple[list[int], Path]:
+    """Check --seeds (distinct integers, at least `min_seeds`) and --threads, set torch's threads, make --work.
+
+    Returns (seeds, work). A bad value stops the script with one message naming the option, before any work."""
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds {args.seeds}: a seed is given twice; give distinct seeds, e.g. 0,1,2")
+    if len(seeds) < min_seeds:
+        parser.error(f"--seeds {args.seeds}: this study needs at least {min_seeds} seeds (its differences are paired over seeds), e.g. 0,1,2")
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: give at least 1")
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    return seeds, work
