@@ -45,3 +45,10 @@ def test_solution_keeps_a_passing_attempt_and_refuses_a_broken_reference():
     broken = check.Exercise("double", lambda fn: fn(2) == 4, reference=lambda x: 3 * x)
     with pytest.raises(AssertionError, match="reference solution of double fails its own check"):
         check.solution(broken, lambda x: 3 * x)
+
+
+def test_equal_says_what_was_expected_and_what_came(capsys):
+    assert check.equal(10240, 10240, "count") and "✓ count: 10,240" in capsys.readouterr().out
+    assert not check.equal(5120, 10240, "count") and "✗ count: expected 10,240, got 5,120." in capsys.readouterr().out
+    assert not check.equal("10240", 10240, "count") and "got '10240'" in capsys.readouterr().out
+    assert check.equal((2, 3), (2, 3), "shape") and not check.equal(False, True, "good_identifier('sks')")

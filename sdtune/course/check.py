@@ -36,6 +36,20 @@ def close(actual, expected: torch.Tensor, name: str, atol: float = 1e-5) -> bool
     return True
 
 
+def _shown(value) -> str:
+    """A count with thousands separators (10,240), anything else as Python prints it."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+
+
+def equal(actual, expected, name: str) -> bool:
+    """Compare a learner's value (a count, a shape, a yes or no) with the expected one; print a verdict."""
+    if actual == expected:
+        print(f"✓ {name}: {_shown(actual)}")
+        return True
+    print(f"✗ {name}: expected {_shown(expected)}, got {_shown(actual)}.")
+    return False
+
+
 def solved(checker: Callable[[Callable], bool], fn: Callable) -> bool:
     """Run `checker(fn)`; True if the learner's `fn` passes. Unattempted or failing: say so, return False."""
     try:

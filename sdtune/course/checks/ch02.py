@@ -13,14 +13,6 @@ from sdtune.formats.adapters import add_adapter
 from sdtune.methods import adapter_config
 
 
-def _equal(actual, expected: int, name: str) -> bool:
-    if not isinstance(actual, (int, float)) or actual != expected:
-        print(f"✗ {name}: expected {expected:,}, got {actual!r}.")
-        return False
-    print(f"✓ {name}: {expected:,}")
-    return True
-
-
 def _real_adamw_bytes(params: list[torch.Tensor]) -> int:
     """What a real AdamW holds after one step: the bytes of its exp_avg and exp_avg_sq tensors."""
     for p in params:
@@ -38,13 +30,13 @@ def check_adamw_state_bytes(fn) -> bool:
     for dtype in (torch.float32, torch.bfloat16):
         net = nn.Sequential(nn.Conv2d(4, 16, 3), nn.Flatten(), nn.Linear(16 * 6 * 6, 32), nn.Linear(32, 8)).to(dtype)
         params = list(net.parameters())
-        ok &= _equal(fn(params), _real_adamw_bytes(params), f"adamw_state_bytes, every weight of a small network, {dtype}")
+        ok &= check.equal(fn(params), _real_adamw_bytes(params), f"adamw_state_bytes, every weight of a small network, {dtype}")
     holder = nn.Module()  # layers named as in a UNet, so that the adapter preset finds them
     holder.conv1, holder.to_q = nn.Conv2d(4, 16, 3), nn.Linear(64, 32)
     holder.requires_grad_(False)
     add_adapter(holder, adapter_config("lora", 4, 4, "attn-mlp-conv"), "lora")
     params = [p for p in holder.parameters() if p.requires_grad]
-    return ok & _equal(fn(params), _real_adamw_bytes(params), "adamw_state_bytes, a LoRA's trainable tensors")
+    return ok & check.equal(fn(params), _real_adamw_bytes(params), "adamw_state_bytes, a LoRA's trainable tensors")
 
 
 def check_energy_in_top(fn) -> bool:

@@ -12,14 +12,6 @@ from sdtune.formats.adapters import add_adapter
 from sdtune.methods import adapter_config
 
 
-def _equal(actual, expected, name: str) -> bool:
-    if actual != expected:
-        print(f"✗ {name}: expected {expected}, got {actual!r}.")
-        return False
-    print(f"✓ {name}: {expected}")
-    return True
-
-
 def peft_count(kind: str, layer: nn.Module, rank: int) -> int:
     """Trainable parameters of one adapter kind on one layer, counted by peft: a Linear named to_q or a Conv2d named conv1."""
     holder = nn.Module()
@@ -33,17 +25,17 @@ def check_loha_parameter_count(fn) -> bool:
     """Against peft's LoHa on linear layers (square and not) and on a 3x3 convolution (d_in = channels x 9)."""
     ok = True
     for d_out, d_in, r in [(320, 320, 8), (64, 128, 4), (1280, 768, 16)]:
-        ok &= _equal(fn(d_out, d_in, r), peft_count("loha", nn.Linear(d_in, d_out, bias=False), r),
+        ok &= check.equal(fn(d_out, d_in, r), peft_count("loha", nn.Linear(d_in, d_out, bias=False), r),
                      f"loha_parameter_count({d_out}, {d_in}, {r}) vs peft")
     conv = peft_count("loha", nn.Conv2d(320, 320, 3, padding=1, bias=False), 8)
-    return ok & _equal(fn(320, 320 * 9, 8), conv, "loha_parameter_count(320, 320 * 9, 8) vs peft on a 3x3 conv")
+    return ok & check.equal(fn(320, 320 * 9, 8), conv, "loha_parameter_count(320, 320 * 9, 8) vs peft on a 3x3 conv")
 
 
 def check_kron_shape(fn) -> bool:
     """Against torch.kron's own result, square and rectangular factors."""
     ok = True
     for a, b in [((16, 16), (20, 20)), ((8, 16), (16, 8)), ((1, 4), (5, 3)), ((2, 3), (7, 5))]:
-        ok &= _equal(tuple(fn(a, b)), tuple(torch.kron(torch.zeros(a), torch.zeros(b)).shape), f"kron_shape({a}, {b})")
+        ok &= check.equal(tuple(fn(a, b)), tuple(torch.kron(torch.zeros(a), torch.zeros(b)).shape), f"kron_shape({a}, {b})")
     return ok
 
 

@@ -23,20 +23,12 @@ def check_restore(fn) -> bool:
     return check.close(weight, expected, name="restore_other_rows: rows 7 and 9 trained, the others the original", atol=0)
 
 
-def _equal(actual, expected, name: str) -> bool:
-    if actual == expected:
-        print(f"✓ {name}: {actual}")
-        return True
-    print(f"✗ {name}: expected {expected}, got {actual}.")
-    return False
-
-
 def check_count(fn) -> bool:
     """K vectors of width d: the tiny model's 128-wide table (the chapter's files: 1 and 4 vectors), SD 1.5's 768, SD 2's 1024."""
-    ok = _equal(fn(1, 128), 128, "ti_parameter_count(1, 128), the 1-vector file of the tiny model")
-    ok &= _equal(fn(4, 128), 512, "ti_parameter_count(4, 128), the 4-vector file")
-    ok &= _equal(fn(4, 768), 3072, "ti_parameter_count(4, 768), SD 1.5")
-    return ok & _equal(fn(2, 1024), 2048, "ti_parameter_count(2, 1024), SD 2.x")
+    ok = check.equal(fn(1, 128), 128, "ti_parameter_count(1, 128), the 1-vector file of the tiny model")
+    ok &= check.equal(fn(4, 128), 512, "ti_parameter_count(4, 128), the 4-vector file")
+    ok &= check.equal(fn(4, 768), 3072, "ti_parameter_count(4, 768), SD 1.5")
+    return ok & check.equal(fn(2, 1024), 2048, "ti_parameter_count(2, 1024), SD 2.x")
 
 
 def _copy_all(weight, original, new_ids):

@@ -7,18 +7,11 @@ import functools
 
 from torch import nn
 
+from sdtune.course import check
 from sdtune.course.check import Exercise
 from sdtune.course.solutions import ch09 as solutions
 from sdtune.io import ASSETS
 from sdtune.methods import hypernetwork as hypernet
-
-
-def _equal(actual, expected, name: str) -> bool:
-    if actual == expected:
-        print(f"✓ {name}: {actual:,}")
-        return True
-    print(f"✗ {name}: expected {expected:,}, got {actual}.")
-    return False
 
 
 def check_hypernetwork_count(fn) -> bool:
@@ -26,7 +19,7 @@ def check_hypernetwork_count(fn) -> bool:
     ok = True
     for d, structure in ((768, [1, 2, 1]), (128, [1, 2, 1]), (1024, [1, 4, 1]), (768, [1, 1.5, 2, 1])):
         modules = hypernet.Hypernetwork([d], structure)
-        ok &= _equal(fn(d, structure), sum(p.numel() for p in modules.parameters()),
+        ok &= check.equal(fn(d, structure), sum(p.numel() for p in modules.parameters()),
                      f"hypernetwork_parameter_count({d}, {structure}) vs sdtune")
     return ok
 
@@ -48,8 +41,8 @@ def peft_kv_count(r: int) -> int:
 
 
 def check_kv_lora(fn) -> bool:
-    ok = _equal(fn(tiny_unet(), 4), peft_kv_count(4), "kv_lora_parameter_count(tiny UNet, 4) vs peft")
-    return ok & _equal(fn(tiny_unet(), 16), peft_kv_count(16), "kv_lora_parameter_count(tiny UNet, 16) vs peft")
+    ok = check.equal(fn(tiny_unet(), 4), peft_kv_count(4), "kv_lora_parameter_count(tiny UNet, 4) vs peft")
+    return ok & check.equal(fn(tiny_unet(), 16), peft_kv_count(16), "kv_lora_parameter_count(tiny UNet, 16) vs peft")
 
 
 def _one_mlp(d, structure):
