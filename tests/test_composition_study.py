@@ -1,17 +1,14 @@
 """The composition study's bookkeeping (benchmarks/composition_study.py), without a pipeline: which prompts each cell
 asks, and when it names a winner. The study itself trains eight LoRAs and runs for about 25 minutes."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_study
+
 from sdtune.data import toyworld
 
-SPEC = importlib.util.spec_from_file_location("composition_study",
-                                              Path(__file__).resolve().parents[1] / "benchmarks" / "composition_study.py")
-study = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(study)
+study = load_study("composition_study")
 
 
 def test_every_prompt_asks_for_every_concept_of_its_combination():

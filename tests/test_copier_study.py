@@ -1,24 +1,21 @@
 """Q30's one-pair recipe study (benchmarks/copier_study.py): its summary pools and pairs seeds correctly, and the
 committed results file is the one chapter 15 reads (enough seeds, the shipped weights, the chapter's LoRA settings)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_study
+
 from sdtune.evaluation.provenance import check_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "copier_study.py"
 
 
 @pytest.fixture(scope="module")
 def study_module():
-    spec = importlib.util.spec_from_file_location("copier_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study("copier_study")
 
 
 def _seed(shaded_base: int, shaded_edit: int, n: int = 24) -> dict:

@@ -2,12 +2,13 @@
 results file (benchmarks/dreambooth_prior_study.py) holds together: it measured the shipped weights with the chapter's
 recipe, its pooled rates are the sums of its per-seed rates, and its differences are the ones the per-seed rates give."""
 
-import importlib.util
 import json
 import types
 from functools import partial
 
 import pytest
+
+from benchmark_scripts import load_study
 
 from sdtune.data import toyworld
 from sdtune.evaluation import split_disc
@@ -19,10 +20,7 @@ RESULTS = REPO / "benchmarks" / "results" / "dreambooth_prior_study_cpu.json"
 
 
 def _study_module():
-    spec = importlib.util.spec_from_file_location("dreambooth_prior_study", REPO / "benchmarks" / "dreambooth_prior_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study("dreambooth_prior_study")
 
 
 def test_subject_outcomes_has_one_outcome_per_image_and_asks_the_rule(tiny_pipe, judge):

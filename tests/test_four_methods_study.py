@@ -1,26 +1,23 @@
 """Chapter 09's four-methods study (benchmarks/four_methods_study.py): its summary pools and pairs seeds correctly, its
 data are the chapter's, and the committed results file is consistent with itself and with the script's recipe."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_study
+
 from sdtune.evaluation.provenance import check_weights
 from sdtune.evaluation.stats import Rate
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "four_methods_study.py"
 RESULTS = ROOT / "benchmarks" / "results" / "four_methods_study_cpu.json"
 
 
 @pytest.fixture(scope="module")
 def study_module():
-    spec = importlib.util.spec_from_file_location("four_methods_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study("four_methods_study")
 
 
 @pytest.fixture(scope="module")

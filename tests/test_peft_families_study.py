@@ -3,27 +3,24 @@ its `prepare` and `fit` are seeded and train only what each family trains, and t
 consistent (per-seed counts sum to the pooled ones, the settings are the script's, the shipped weights) and read by
 chapter 06."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_scripts import load_study
+
 from sdtune.evaluation.provenance import check_weights
 from sdtune.evaluation.stats import Rate, seed_difference
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "peft_families_study.py"
 RESULTS = ROOT / "benchmarks" / "results" / "peft_families_study_cpu.json"
 
 
 @pytest.fixture(scope="module")
 def study_module():
-    spec = importlib.util.spec_from_file_location("peft_families_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study("peft_families_study")
 
 
 def _run(style_k: int, n: int = 24, params: int = 10) -> dict:

@@ -2,11 +2,12 @@
 and pairs seeds correctly, and the committed results file holds together (the shipped weights, the script's recipe,
 pooled rates that are the sums of the per-seed rates, differences that the per-seed rates give)."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
+
+from benchmark_scripts import load_study
 
 from sdtune.evaluation.provenance import REPO, check_weights
 from sdtune.evaluation.stats import Rate, seed_difference
@@ -18,10 +19,7 @@ RESULTS = REPO / "benchmarks" / "results" / "textual_inversion_study_cpu.json"
 
 @pytest.fixture(scope="module")
 def study_module():
-    spec = importlib.util.spec_from_file_location("textual_inversion_study", REPO / "benchmarks" / "textual_inversion_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study("textual_inversion_study")
 
 
 def test_outcomes_are_subject_scores_image_by_image(study_module, tiny_pipe, judge):

@@ -2,10 +2,11 @@
 and the committed results file is the one chapter 05 reads (at least 3 seeds, the shipped weights, the chapter's recipe,
 pooled counts that are the sums of the per-seed counts, differences that the per-seed rates give)."""
 
-import importlib.util
 import json
 
 import pytest
+
+from benchmark_scripts import load_study
 
 from sdtune.evaluation.provenance import REPO, check_weights
 from sdtune.evaluation.stats import Rate, seed_difference
@@ -16,10 +17,7 @@ CHAPTER = REPO / "course" / "05_lora_variants.ipynb"
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("variants_study", REPO / "benchmarks" / "variants_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study("variants_study")
 
 
 def _run(study, kind: str, style: int, n: int = 32) -> dict:
