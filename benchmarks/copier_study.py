@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -244,7 +243,8 @@ def grid(pictures: dict[str, np.ndarray], path: Path, seed: int, own_caption: st
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, study_arguments, study_setup, write_results
+    from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, seed_outcomes, seed_pictures, study_arguments,
+                                             study_setup, write_results)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     study_arguments(parser, "copier-study", RESULTS, seeds="0,1,2,3,4", seeds_help="training seeds (at least 3 for the differences)")
@@ -258,17 +258,9 @@ def main() -> None:
     judge = sdtune.load_judge()
     per_seed = {}
     for seed in seeds:
-        cached = work / f"seed{seed}.json"
-        if cached.exists():
-            per_seed[seed] = json.loads(cached.read_text())
-            continue
-        t0 = time.perf_counter()
-        per_seed[seed], pictures = run_seed(seed, pipe, judge, work)
-        per_seed[seed]["seconds"] = time.perf_counter() - t0
-        np.savez_compressed(work / f"seed{seed}_images.npz", **pictures)
-        cached.write_text(json.dumps(per_seed[seed]))
+        per_seed[seed] = seed_outcomes(work, seed, lambda: run_seed(seed, pipe, judge, work))
         shaded = {k: sum(v["shaded"]) for k, v in per_seed[seed]["conditions"].items()}
-        print(f"seed {seed}: {time.perf_counter() - t0:.0f} s; judge says shaded, of 24: {shaded}", flush=True)
+        print(f"seed {seed}: {per_seed[seed]['seconds']:.0f} s; judge says shaded, of 24: {shaded}", flush=True)
     summary = summarise(per_seed)
     settings = {"lora": LORA, "pairs": N_PAIRS, "pair_seed": PAIR_SEED, "corner_seed": CORNER_SEED, "seeds": seeds,
                 "scales": list(SCALES), "eval_prompts": len(eval_scenes()), "eval_steps": EVAL_STEPS, "guidance": GUIDANCE,
@@ -278,7 +270,7 @@ def main() -> None:
     seconds = sum(p["seconds"] for p in per_seed.values())  # each seed's training and sampling, also for cached seeds
     write_results(out, {"settings": settings, **summary, "seconds": seconds},
                   weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
-    with np.load(work / f"seed{seeds[0]}_images.npz") as pictures:
+    with np.load(seed_pictures(work, seeds[0])) as pictures:
         grid(dict(pictures), out.with_name(out.stem + "_grid.png"), seeds[0], per_seed[seeds[0]]["one_pair"])
     print(f"wrote {out} and its grid")
     for name, c in summary["conditions"].items():

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import shutil
 import time
 from pathlib import Path
@@ -224,7 +223,8 @@ def grid(pictures: dict[str, np.ndarray], path: Path, seed: int) -> None:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, study_arguments, study_setup, write_results
+    from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, seed_outcomes, seed_pictures, study_arguments,
+                                             study_setup, write_results)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     study_arguments(parser, "textual-inversion-study", RESULTS, seeds_help="training seeds (at least 3 for the differences)")
@@ -241,15 +241,7 @@ def main() -> None:
     base_seconds = time.perf_counter() - t0
     per_seed = {}
     for seed in seeds:
-        cached = work / f"seed{seed}.json"
-        if cached.exists():
-            per_seed[seed] = json.loads(cached.read_text())
-            continue
-        t0 = time.perf_counter()
-        per_seed[seed], pictures = run_seed(seed, pipe, judge, work)
-        per_seed[seed]["seconds"] = time.perf_counter() - t0
-        np.savez_compressed(work / f"seed{seed}_images.npz", **pictures)
-        cached.write_text(json.dumps(per_seed[seed]))
+        per_seed[seed] = seed_outcomes(work, seed, lambda: run_seed(seed, pipe, judge, work))
         print(f"seed {seed}: {per_seed[seed]['seconds']:.0f} s; " + "; ".join(
             f"{name}: fidelity {sum(r['fidelity'])}/18, editability {sum(r['editability'])}/36"
             for name, r in per_seed[seed]["runs"].items()), flush=True)
@@ -260,7 +252,7 @@ def main() -> None:
                 "evaluation": EVAL, "seeds": seeds, "picture": {"file": out.with_suffix(".png").name, "seed": seeds[0]}}
     seconds = base_seconds + sum(p["seconds"] for p in per_seed.values())  # training and sampling, cached seeds too
     write_results(out, {"settings": settings, **summary, "seconds": seconds}, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
-    with np.load(work / f"seed{seeds[0]}_images.npz") as pictures:
+    with np.load(seed_pictures(work, seeds[0])) as pictures:
         grid(base_pictures | dict(pictures), out.with_suffix(".png"), seeds[0])
     print(f"wrote {out} and its grid ({seconds:.0f} s of training and sampling)")
     for name, r in summary["runs"].items():

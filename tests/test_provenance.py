@@ -91,3 +91,29 @@ def test_every_study_takes_the_same_options_and_refuses_bad_seeds_before_work(tm
         with pytest.raises(SystemExit):
             study_setup(parser, args, min_seeds=3)
         assert message in capsys.readouterr().err and not (tmp_path / seeds).exists(), seeds
+
+
+def test_a_seed_is_run_once_and_kept_whole(tmp_path):
+    import numpy as np
+
+    from sdtune.evaluation.provenance import seed_outcomes, seed_pictures
+
+    runs = []
+
+    def run():
+        runs.append(1)
+        return {"shaded": [True, False]}, {"grid": np.zeros((2, 4, 4, 3), dtype=np.uint8)}
+
+    first = seed_outcomes(tmp_path, 3, run)
+    again = seed_outcomes(tmp_path, 3, run)
+    assert len(runs) == 1 and first == again and first["shaded"] == [True, False] and first["seconds"] >= 0
+    with np.load(seed_pictures(tmp_path, 3)) as pictures:
+        assert pictures["grid"].shape == (2, 4, 4, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed3.json", "seed3_images.npz"], "no temporary file left"
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        seed_outcomes(tmp_path, 4, interrupted)
+    assert not (tmp_path / "seed4.json").exists(), "an unfinished seed leaves nothing to be read as finished"

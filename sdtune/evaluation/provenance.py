@@ -21,9 +21,11 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from ..io import ASSETS, staged_file
@@ -192,3 +194,25 @@ def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_s
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     return seeds, work
+
+
+def seed_pictures(work: Path, seed: int) -> Path:
+    """Where `seed_outcomes` keeps a training seed's pictures (arrays by name, for a study's figure)."""
+    return work / f"seed{seed}_images.npz"
+
+
+def seed_outcomes(work: Path, seed: int, run: Callable[[], tuple[dict, dict[str, np.ndarray]]]) -> dict:
+    """One training seed of a study: read from `work` where an earlier run finished it, else `run()`, which returns
+    (outcomes, pictures). The outcomes get the seed's "seconds"; the pictures are kept in `seed_pictures`, then the
+    outcomes in seed{seed}.json, each written whole, so an interrupted seed is run again, never read half-written."""
+    cached = work / f"seed{seed}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    start = time.perf_counter()
+    outcomes, pictures = run()
+    outcomes["seconds"] = time.perf_counter() - start
+    with staged_file(seed_pictures(work, seed)) as tmp:
+        np.savez_compressed(tmp, **pictures)
+    with staged_file(cached) as tmp:
+        tmp.write_text(json.dumps(outcomes))
+    return outcomes
