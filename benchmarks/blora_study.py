@@ -109,6 +109,7 @@ def train_lora(pipe, scene, blocks: list[str] | None, seed: int, work: Path) -> 
     """One LoRA on the one image (in `blocks` only, or the whole UNet); its kohya tensors, cached in `work`."""
     from safetensors.torch import load_file, save_file
 
+    from sdtune.io import write_json
     from sdtune.training import TrainConfig, train
 
     tag = f"{scene.shape}-{scene.style}-{'+'.join(blocks) if blocks else 'whole-unet'}-seed{seed}"
@@ -121,7 +122,7 @@ def train_lora(pipe, scene, blocks: list[str] | None, seed: int, work: Path) -> 
                                 blocks=",".join(blocks) if blocks else None, **RECIPE), pipe=pipe)
         tensors = load_file(out / "run.safetensors")
     save_file(tensors, str(cached))
-    (work / f"{tag}.json").write_text(json.dumps(RECIPE))
+    write_json(work / f"{tag}.json", RECIPE)
     return tensors
 
 
@@ -236,6 +237,7 @@ def parts(loras: dict, name: str, blocks: tuple[str, str]) -> dict[str, dict]:
 
 def run_seed(pipe, judge, arm: str, blocks: tuple[str, str], seed: int, work: Path) -> dict:
     """Steps 2 and 3 for one training seed: a B-LoRA per image in `blocks` (content, style), every condition judged."""
+    from sdtune.io import write_json
     path = work / f"outcomes-{arm.replace(' ', '-')}-seed{seed}.json"
     if path.is_file():
         cached = json.loads(path.read_text())
@@ -250,7 +252,7 @@ def run_seed(pipe, judge, arm: str, blocks: tuple[str, str], seed: int, work: Pa
         for label, (part, kind) in CONDITIONS.items():
             out["images"][f"{name}: {label}"] = sample_judged(pipe, judge, kind, deltas(pipe.unet, cut[part]))[0]
     out["run_s"] = round(time.perf_counter() - start, 1)
-    path.write_text(json.dumps(out))
+    write_json(path, out)
     print(f"  {time.strftime('%H:%M:%S')} {arm} seed {seed}: trained in {train_s:.0f} s, measured in "
           f"{out['run_s'] - train_s:.0f} s", flush=True)
     return out

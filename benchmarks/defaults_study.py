@@ -188,6 +188,8 @@ def score_subject(grid: Path, judge) -> dict:
 
 def cached(work: Path, key: str, train, sample, score) -> dict:
     """One run: trained once (its time kept in the cache), sampled again when the guidances change, scored from its images."""
+    from sdtune.io import write_json
+
     path, grid, out = work / f"{key}.json", work / f"{key}.png", work / "runs" / key
     result = json.loads(path.read_text()) if path.is_file() else None
     if result is None:
@@ -197,7 +199,7 @@ def cached(work: Path, key: str, train, sample, score) -> dict:
     if result.get("guidances", [2.5, 4.0]) != list(GUIDANCES) or not grid.is_file():
         sample(out, grid)
         result["guidances"] = list(GUIDANCES)
-    path.write_text(json.dumps(result))
+    write_json(path, result)
     return {"train_s": result["train_s"], "load_average": result.get("load_average"), "scores": score(grid)}
 
 

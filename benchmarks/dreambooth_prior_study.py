@@ -106,6 +106,7 @@ def run(weight: float, seed: int, work: Path, judge) -> dict:
     """Train (or reuse) one DreamBooth-LoRA run and measure it: per-image outcomes, training seconds, grid images. A
     cached run whose outcomes are not those of `subject_outcomes` now is measured again from its saved adapter, not retrained."""
     import sdtune
+    from sdtune.io import write_json
     from sdtune.training import DreamBoothConfig, train
 
     key = f"prior{weight:g}-seed{seed}"
@@ -139,7 +140,7 @@ def run(weight: float, seed: int, work: Path, judge) -> dict:
             blocks[name].append(str(path))
     result = {"train_s": round(seconds, 1), "load_average": load, "outcomes": seen.outcomes,
               "subject_backgrounds": seen.subject_backgrounds, "picture": blocks}
-    cache.write_text(json.dumps(result))
+    write_json(cache, result)
     print(f"  trained in {seconds:.0f} s; " + ", ".join(f"{k} {v}" for k, v in rates(result["outcomes"], result["subject_backgrounds"]).items()),
           flush=True)
     return result

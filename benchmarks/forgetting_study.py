@@ -98,6 +98,7 @@ def measure_run(pipe, judge, out: Path, kind: str) -> dict[str, list[bool]]:
 def run_arm(pipe, judge, arm: str, seed: int, work: Path) -> dict:
     """One training run, measured at every checkpoint; cached in `work` as JSON (per-image outcomes)."""
     from sdtune.data import toyworld
+    from sdtune.io import write_json
     from sdtune.training import TrainConfig, train
 
     recipe = ARMS[arm]
@@ -124,7 +125,7 @@ def run_arm(pipe, judge, arm: str, seed: int, work: Path) -> dict:
                   + "  ".join(f"{m} {100 * r:.0f}%" for m, r in rates.items()), flush=True)
     result["run_s"] = round(time.perf_counter() - run_start, 1)  # training and measuring, every checkpoint
     result["load_average"] = os.getloadavg()[0]
-    path.write_text(json.dumps(result))
+    write_json(path, result)
     return result
 
 

@@ -274,6 +274,7 @@ def picture(rows: dict[str, list[str]], columns: list[str]):
 def main() -> None:
     from sdtune.evaluation.provenance import study_arguments, study_setup
     from sdtune.evaluation.stats import MIN_SEEDS
+    from sdtune.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     study_arguments(parser, "four-methods-study", RESULTS, seeds="0,1,2,3,4",
@@ -303,7 +304,7 @@ def main() -> None:
             t0 = time.perf_counter()
             print(f"{time.strftime('%H:%M:%S')} seed {seed} ...", flush=True)
             cached = run_seed(seed, work, judge, pipe, base_eps)
-            cache.write_text(json.dumps(cached))
+            write_json(cache, cached)
             print(f"  seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         runs[seed] = cached
 

@@ -75,6 +75,7 @@ from sdtune.data import toyworld
 from sdtune.evaluation.provenance import sha256, write_results
 from sdtune.fit import plan
 from sdtune.formats.adapters import add_adapter, remove_adapter
+from sdtune.io import write_json
 from sdtune.models.architectures import random_pipeline
 from sdtune.training import TrainConfig, train
 from train_speed import run_reference, timings  # diffusers' LoRA example's step, beside this script
@@ -274,7 +275,7 @@ def run_job(job: dict, result: Path) -> None:
             traceback.print_exc()
             value = f"{type(error).__name__}: {error}"
         done[case["name"]] = value
-        result.write_text(json.dumps(done))
+        write_json(result, done)
         print(case["name"], json.dumps(value), flush=True)
 
 

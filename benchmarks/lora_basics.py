@@ -156,6 +156,7 @@ def differences(runs: dict[int, dict]) -> list[dict]:
 
 def main() -> None:
     from sdtune.evaluation.provenance import study_arguments, study_setup
+    from sdtune.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     study_arguments(parser, "lora-basics", RESULTS)
@@ -174,7 +175,7 @@ def main() -> None:
             continue
         print(f"{time.strftime('%H:%M:%S')} seed {seed} ...", flush=True)
         runs[seed] = run_seed(seed, work, judge)
-        cache.write_text(json.dumps(runs[seed]))
+        write_json(cache, runs[seed])
     summary = summarise(runs)
     diffs = differences(runs)
     for condition, rates in summary.items():

@@ -85,6 +85,7 @@ def run_seed(seed: int, work: Path, judge, pipe, data: Path, prompts: list[str],
 
 def main() -> None:
     from sdtune.evaluation.provenance import study_arguments, study_setup
+    from sdtune.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     study_arguments(parser, "parameter-sweeps", RESULTS)
@@ -112,7 +113,7 @@ def main() -> None:
         cache = work / f"seed{seed}.json"
         if not cache.is_file():
             print(f"{time.strftime('%H:%M:%S')} seed {seed} ...", flush=True)
-            cache.write_text(json.dumps(run_seed(seed, work, judge, pipe, data, prompts, scenes)))
+            write_json(cache, run_seed(seed, work, judge, pipe, data, prompts, scenes))
         runs[seed] = json.loads(cache.read_text())
 
     table = {}

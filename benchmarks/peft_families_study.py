@@ -149,6 +149,8 @@ def cache_name(family: str, seed: int) -> str:
 
 def run(families: Families, judge, family: str, seed: int, work: Path) -> dict:
     """One training run, judged; cached in `work` (outcomes as JSON, the picture seed's first images as PNGs)."""
+    from sdtune.io import write_json
+
     path = work / f"{cache_name(family, seed)}.json"
     settings = {k: v for k, v in SETTINGS.items() if k != "lrs"} | {"lr": LRS[family]}
     if path.is_file():
@@ -165,7 +167,7 @@ def run(families: Families, judge, family: str, seed: int, work: Path) -> dict:
               "final_loss_mean_of_10": sum(losses[-10:]) / 10, "load_average": os.getloadavg()[0], "outcomes": judged_images}
     print(f"  {time.strftime('%H:%M:%S')} {family} seed {seed} ({seconds:.0f} s): "
           + "  ".join(f"{m} {sum(v)}/{len(v)}" for m, v in result["outcomes"].items()), flush=True)
-    path.write_text(json.dumps(result))
+    write_json(path, result)
     return result
 
 

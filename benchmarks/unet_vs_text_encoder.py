@@ -71,6 +71,7 @@ def train_text_encoder_only(pipe, data: Path, out: Path, steps: int, lr: float, 
     from sdtune.data.folder import load_examples, scan_folder
     from sdtune.formats.adapters import add_adapter, remove_adapter, save_adapter
     from sdtune.formats.kohya import kohya_metadata
+    from sdtune.io import write_json
     from sdtune.methods import adapter_config
     from sdtune.training import encode_captions, encode_images, unet_inputs
 
@@ -101,7 +102,7 @@ def train_text_encoder_only(pipe, data: Path, out: Path, steps: int, lr: float, 
     pipe.text_encoder.eval()
     out.mkdir(parents=True, exist_ok=True)
     save_adapter(pipe, out, name, "lora", out.name, kohya_metadata("lora", rank, float(rank), "sdtune_tiny"))
-    (out / "loss.json").write_text(json.dumps({"loss": losses}))
+    write_json(out / "loss.json", {"loss": losses})
     remove_adapter(pipe, name)
     return out
 
@@ -192,6 +193,7 @@ def run_seed(seed: int, work: Path, judge, pipe, data: Path) -> dict:
 def main() -> None:
     from sdtune.evaluation.provenance import study_arguments, study_setup
     from sdtune.evaluation.stats import MIN_SEEDS, Rate, seed_difference
+    from sdtune.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     study_arguments(parser, "unet-vs-text-encoder", RESULTS, seeds_help="training seeds (at least 3)")
@@ -218,7 +220,7 @@ def main() -> None:
             start = time.perf_counter()
             print(f"{time.strftime('%H:%M:%S')} seed {seed} ...", flush=True)
             cached = run_seed(seed, work, judge, pipe, data)
-            cache.write_text(json.dumps(cached))
+            write_json(cache, cached)
             print(f"  seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
         runs[seed] = cached["outcomes"] | {"base": base}
         seconds[seed] = cached["train_s"]

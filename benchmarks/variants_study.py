@@ -88,6 +88,7 @@ def run(pipe, judge, kind: str, seed: int, work: Path) -> dict:
     import sdtune
     from sdtune.data import toyworld
     from sdtune.formats.adapters import remove_adapter
+    from sdtune.io import write_json
     from sdtune.training import TrainConfig, train
 
     path = work / f"{kind}-seed{seed}.json"
@@ -112,7 +113,7 @@ def run(pipe, judge, kind: str, seed: int, work: Path) -> dict:
     print(f"  {time.strftime('%H:%M:%S')} {kind} seed {seed} ({seconds:.1f} s): "
           + "  ".join(f"{m} {sum(v)}/{len(v)}" for m, v in seen.items()), flush=True)
     save_strip(images, path.with_suffix(".png"))
-    path.write_text(json.dumps(result))
+    write_json(path, result)
     return result
 
 

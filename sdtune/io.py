@@ -173,6 +173,15 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def write_json(path: str | os.PathLike, data: object, indent: int | None = None) -> Path:
+    """Write `data` as JSON in one step (through `staged_file`): an interrupted write leaves the old file or none,
+    never half a file that the next run would fail to read."""
+    path = Path(path)
+    with staged_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent))
+    return path
+
+
 def read_safetensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header metadata of a .safetensors file; anything else, or a damaged file, is one clear error."""
     path = Path(path)

@@ -3,12 +3,22 @@
 import argparse
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, check_weights, record, sha256, study_arguments, study_setup,
-                                         write_figure, write_results)
+from sdtune.evaluation.provenance import (
+    JUDGE_WEIGHTS,
+    TINY_SD,
+    check_weights,
+    record,
+    sha256,
+    study_arguments,
+    study_setup,
+    write_figure,
+    write_results,
+)
 from sdtune.evaluation.stats import Rate
 
 
@@ -117,3 +127,22 @@ def test_a_seed_is_run_once_and_kept_whole(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         seed_outcomes(tmp_path, 4, interrupted)
     assert not (tmp_path / "seed4.json").exists(), "an unfinished seed leaves nothing to be read as finished"
+
+
+def test_a_json_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from sdtune.io import write_json
+
+    path = write_json(tmp_path / "seed0.json", {"outcomes": [True, False]})
+    assert json.loads(path.read_text()) == {"outcomes": [True, False]}
+
+    def half_then_interrupted(self: Path, text: str, *args, **kwargs):  # the process dies half-way through the write
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, {"outcomes": [False, False, True]})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"outcomes": [True, False]}, "the old file is intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["seed0.json"], "no temporary file is left"

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..io import ASSETS, staged_file
+from ..io import ASSETS, staged_file, write_json
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout sdtune runs from (when it is one)
 TINY_SD = ASSETS / "tiny-sd"
@@ -213,6 +213,5 @@ def seed_outcomes(work: Path, seed: int, run: Callable[[], tuple[dict, dict[str,
     outcomes["seconds"] = time.perf_counter() - start
     with staged_file(seed_pictures(work, seed)) as tmp:
         np.savez_compressed(tmp, **pictures)
-    with staged_file(cached) as tmp:
-        tmp.write_text(json.dumps(outcomes))
+    write_json(cached, outcomes)
     return outcomes
