@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import pytest
 
 from sdtune.evaluation.stats import (Difference, Rate, paired_difference, rate_bars, rate_difference, seed_difference,
-                                     t_quantile, wilson)
+                                     study_spread, t_quantile, wilson, within_spread)
 
 
 @pytest.mark.parametrize("k, n, low, high", [
@@ -127,3 +127,14 @@ def test_rate_bars_draw_the_intervals():
     assert "20/24" in [t.get_text() for t in ax.texts]
     with pytest.raises(ValueError, match="no rates"):
         rate_bars({})
+
+
+def test_a_live_run_is_within_the_spread_of_the_study_seeds_intervals():
+    seeds = [Rate(10, 24), Rate(14, 24), Rate(12, 24)]
+    low, high = study_spread(seeds)
+    assert (low, high) == (Rate(10, 24).interval[0], Rate(14, 24).interval[1])
+    assert within_spread(Rate(12, 24), seeds) and within_spread(low, seeds) and within_spread(high, seeds)
+    assert not within_spread(Rate(24, 24), seeds) and not within_spread(Rate(0, 24), seeds)
+    assert not within_spread(high + 1e-9, seeds)
+    with pytest.raises(ValueError, match="per-seed rates"):
+        study_spread([])

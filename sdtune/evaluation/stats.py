@@ -5,6 +5,7 @@
     paired_difference(a_ok, b_ok, "LoRA", "full")     # two methods, the same prompts and seeds: per-image outcomes
     rate_difference(Rate(20, 24), Rate(150, 200), "live", "study")   # two independent samples
     seed_difference([r0, r1, r2], [s0, s1, s2], "LoRA", "full")   # two methods over training seeds 0, 1, 2
+    within_spread(live, [r0, r1, r2])       # a chapter's live run against the study's per-seed 95% intervals
 
 A difference reads "LoRA higher than full by 12 points [3, 21]" only when its 95% interval excludes zero;
 otherwise "LoRA vs full: not resolved at this sample size (difference +4 points [-6, 14])". Points are
@@ -202,6 +203,21 @@ def seed_difference(a: Sequence[Rate | float], b: Sequence[Rate | float], name_a
         sd = max(sd, math.sqrt(within))
     half = t_quantile(m - 1) * sd / math.sqrt(m)
     return Difference(name_a, name_b, mean, mean - half, mean + half, f"paired over {m} training seeds (t-interval)")
+
+
+def study_spread(per_seed: Iterable[Rate]) -> tuple[float, float]:
+    """Where a study's training seeds put one rate: from the lowest of their 95% lower bounds to the highest upper
+    bound. A chapter's live run (one seed of the study, with its recipe) is expected to land inside it."""
+    rates = list(per_seed)
+    if not rates:
+        raise ValueError("study_spread needs the study's per-seed rates: got none.")
+    return min(r.interval[0] for r in rates), max(r.interval[1] for r in rates)
+
+
+def within_spread(live: Rate | float, per_seed: Iterable[Rate]) -> bool:
+    """Does a live rate (or fraction) lie within the study's spread (`study_spread`)?"""
+    low, high = study_spread(per_seed)
+    return low <= (live.value if isinstance(live, Rate) else float(live)) <= high
 
 
 def rate_bars(rates: Mapping[str, Rate] | Mapping[str, Mapping[str, Rate]], ax=None, title: str | None = None,
