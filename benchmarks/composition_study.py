@@ -1,14 +1,17 @@
 """Merge, switch and composite (Zhong et al. 2024, "Multi-LoRA Composition for Image Generation"): where each one wins.
 
-    python benchmarks/composition_study.py          # one thread; its results file records how long it took
+    python benchmarks/composition_study.py --threads 2    # its results file records how long it took
 
 Four toy concepts, one LoRA each (a pink colour, a checkerboard background, a dotted style, a star shape), combined
-2, 3 and 4 at a time, each prompt asking for every concept of its combination. Two sets of four LoRAs, both trained
-here with one recipe strong enough that each LoRA alone shows its concept in most held-out prompts (LoCon rank 16 on
-attention, MLP and convolution layers, batch 16, learning rate 3e-3; the style on t < 600 as the tiny model's style
-defaults, the rest on every timestep), on 64 images each. The steps per concept (`TRAIN_STEPS`) were picked in one
-exploration run on 32 other held-out prompts (the tiny model's defaults, rank 8 at 1e-3 and batch 32, showed pink in
-half of them): pink peaks early and fades with longer training, the star keeps growing.
+2, 3 and 4 at a time, each prompt asking for every concept of its combination. (The paper goes to 5 LoRAs; the toy
+world has four attributes, so a fifth concept would replace one of the four, and no prompt could ask for all five.)
+Two sets of four LoRAs, both trained here with one recipe strong enough that each LoRA alone shows its concept in
+most held-out prompts (LoCon rank 16 on attention, MLP and convolution layers, batch 16, learning rate 3e-3; the
+style on t < 600 as the tiny model's style defaults, the rest on every timestep), on 64 images each. The steps per
+concept (`TRAIN_STEPS`) were picked in exploration runs (training seeds 1 and 2, 32 other held-out prompts each; the
+tiny model's defaults, rank 8 at 1e-3 and batch 32, showed pink in half of them): the star grows with training
+(seed 1: 23/32 at 400 steps, 25/32 at 600, 30/32 at 800); pink peaks and then fades (seed 1: 18/32 at 200 steps,
+27/32 at 250 and 300; seed 2: 29/32 at 300, 13/32 at 400).
 
 - **separate**: each LoRA's images show its concept with every other attribute random, so each update carries its
   concept and little else;
@@ -24,20 +27,27 @@ sampled): merge (all updates added), switch every 5 steps (the paper's setting) 
 trainings. The judge says which asked concepts each image shows; the independent pixel checker
 (`sdtune.evaluation.checker`) says it too, and the images where the two disagree are counted. Figures, as in the
 paper's evaluation: **all elements present** (the image shows every asked concept) and concept presence (pooled and
-per concept), each k of n with a Wilson 95% interval over the sampling seeds, and each method against merge as a
-paired difference over the same images (Newcombe) and over the seeds (t-interval).
+per concept), each k of n with a Wilson 95% interval, and each method against merge as a paired difference over the
+training seeds (t-interval: the verdict) and over the same images (Newcombe).
 
-Seeds: the LoRAs are ONE training each (a training costs one to two minutes on one thread here; three training seeds
-of eight LoRAs would not fit the study's budget of about 25 minutes); the three seeds are *sampling* seeds, each
-with its own prompts and starting noise. So the intervals cover the sampling, not the training.
+Seeds: each seed is a TRAINING seed: it trains its own eight LoRAs (both sets, the short versions kept on the way)
+and draws its own prompts and starting noise. Differences over the seeds (a t-interval over the per-seed rates) cover
+both the training and the sampling; differences over the same images (Newcombe) cover the sampling only. Five seeds
+by default: with three, merge's rate moved from 4/12 to 9/12 between seeds while switch and composite stayed near 0,
+and the t-interval (t = 4.30 for 3 seeds, 2.78 for 5) left most of those differences unresolved.
+About 17 minutes per seed on one CPU thread. Once one seed has finished (the training data then exist), other seeds
+can run in parallel processes on the same --work folder, each writing only its own files; a last run with every seed
+then assembles the results from their caches.
 
 Writes `benchmarks/results/composition_study_cpu.json` (with provenance and the sha256 of every LoRA it measured)
-and `..._examples.png`, a labelled grid. Trained LoRAs are kept in `--work` and reused by a rerun.
+and `..._examples.png`, a labelled grid (training seed 0). Each finished seed is kept in `--work`
+(sdtune.evaluation.provenance.seed_outcomes), so a rerun adds only the missing seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import shutil
 import time
@@ -56,6 +66,8 @@ from sdtune.evaluation.composition import combination_scenes
 from sdtune.evaluation.provenance import (
     JUDGE_WEIGHTS,
     TINY_SD,
+    seed_outcomes,
+    seed_pictures,
     sha256,
     study_arguments,
     study_setup,
@@ -75,7 +87,7 @@ STEPS = sdtune.sampling.TINY_STEPS  # 25 DDIM steps
 TRAIN_IMAGES = 64
 RECIPE = {"adapter": "locon", "targets": "attn-mlp-conv", "rank": 16, "batch_size": 16, "lr": 3e-3}
 MAX_TIMESTEP = {"pink": 1000, "checkerboard": 1000, "dotted": 600, "star": 1000}
-TRAIN_STEPS = {"pink": 200, "checkerboard": 200, "dotted": 300, "star": 400}  # each LoRA's run; its short version: a third
+TRAIN_STEPS = {"pink": 300, "checkerboard": 200, "dotted": 300, "star": 800}  # each LoRA's run; its short version: a third
 # the overlapping set: every other attribute fixed, each to a value that another LoRA's concept contradicts
 NARROW = {
     "pink": {"shapes": ["circle"], "backgrounds": ["white"]},                                 # pink circles on white
@@ -101,38 +113,41 @@ def training_scenes(kind: str, name: str) -> list[toyworld.Scene]:
     return toyworld.sample_scenes(TRAIN_IMAGES, 1, **{f"{attribute}s": [value]}, **(NARROW[name] if kind == "overlapping" else {}))
 
 
-def train_sets(pipe, work: Path) -> dict[str, dict[str, Path]]:
-    """Both sets at a third of their steps and at their steps (one run each, resumed from its own checkpoint), cached
-    in `work`."""
+def train_sets(pipe, work: Path, seed: int) -> dict[str, dict[str, Path]]:
+    """One training seed's LoRAs: both sets at a third of their steps and at their steps (one run each, resumed from
+    its own checkpoint), cached in `work`."""
     files: dict[str, dict[str, Path]] = {s: {} for s in SETS}
     for kind in ("separate", "overlapping"):
         for name in NAMES:
             steps = TRAIN_STEPS[name]
             short = steps // 3
-            full, weak = work / f"{kind}-{name}-{steps}.safetensors", work / f"{kind}-{name}-{short}.safetensors"
+            stem = work / f"seed{seed}-{kind}-{name}"
+            full, weak = Path(f"{stem}-{steps}.safetensors"), Path(f"{stem}-{short}.safetensors")
             files[kind][name], files[f"{kind}, short"][name] = full, weak
             if full.is_file() and weak.is_file():
                 continue
-            data = toyworld.write_dataset(training_scenes(kind, name), work / f"{kind}-{name}-data", overwrite=True)
-            out = work / f"{kind}-{name}-run"
+            data = work / f"{kind}-{name}-data"  # the same 64 images for every seed: the seed varies the training
+            if not data.is_dir():
+                toyworld.write_dataset(training_scenes(kind, name), data)
+            out = Path(f"{stem}-run")
             if out.exists():
                 shutil.rmtree(out)
             start = time.time()
             for s, resume, target in ((short, False, weak), (steps, True, full)):
-                result = train(TrainConfig(data=str(data), out=str(out), seed=0, steps=s, checkpoint_every=short, resume=resume,
-                                           max_timestep=MAX_TIMESTEP[name], **RECIPE), pipe=pipe)
+                result = train(TrainConfig(data=str(data), out=str(out), seed=seed, steps=s, checkpoint_every=short,
+                                           resume=resume, max_timestep=MAX_TIMESTEP[name], **RECIPE), pipe=pipe)
                 shutil.copy(result / f"{out.name}.safetensors", target)
-            print(f"trained {kind} {name} ({short} and {steps} steps) in {time.time() - start:.0f} s", flush=True)
+            shutil.rmtree(out)
+            print(f"seed {seed}: trained {kind} {name} ({short} and {steps} steps) in {time.time() - start:.0f} s", flush=True)
     return files
 
 
-def prompts_for(n: int, seeds: list[int], per_combination: int) -> dict[tuple[str, ...], list[tuple[int, toyworld.Scene]]]:
-    """For every combination of n concepts, the scenes its prompts ask for: (seed, scene), `per_combination` per seed
-    (the single combination of all four gets as many as the others together, at most 8). Each seed its own prompts."""
+def prompts_for(n: int, seed: int, per_combination: int) -> dict[tuple[str, ...], list[toyworld.Scene]]:
+    """For every combination of n concepts, the scenes its prompts ask for, `per_combination` of them (the single
+    combination of all four gets as many as the others together, at most 8). Each seed its own prompts."""
     combos = list(itertools.combinations(NAMES, n))
     each = per_combination if len(combos) > 1 else min(8, per_combination * 4)
-    return {names: [(seed, scene) for seed in seeds
-                    for scene in combination_scenes({k: CONCEPTS[k] for k in names}, each, seed=1000 * seed + 10 * n + c)]
+    return {names: combination_scenes({k: CONCEPTS[k] for k in names}, each, seed=1000 * seed + 10 * n + c)
             for c, names in enumerate(combos)}
 
 
@@ -154,31 +169,30 @@ def draw(pipe, adapters: list[str], label: str, weight: float, prompts: list[str
         return sdtune.sample(pipe, prompts, STEPS, GUIDANCE, seed=seed, **extra)
 
 
-def run_cell(pipe, judge, lora_set: str, n: int, label: str, weight: float, asked: dict) -> tuple[list[dict], list]:
-    """One cell of the grid: one pipeline call per combination, every seed's prompts in it (the same prompts and
-    starting noise for every set, method and weight: paired)."""
+def run_cell(pipe, judge, lora_set: str, n: int, label: str, weight: float, asked: dict, seed: int) -> tuple[list[dict], list]:
+    """One cell of the grid for one seed: one pipeline call per combination (the same prompts and starting noise for
+    every set, method and weight: paired)."""
     rows, images = [], []
     for c, (names, scenes) in enumerate(asked.items()):
         start = time.perf_counter()
-        drawn = draw(pipe, [adapter(lora_set, k) for k in names], label, weight, [toyworld.caption(s) for _, s in scenes],
-                     seed=100 * n + c)
+        drawn = draw(pipe, [adapter(lora_set, k) for k in names], label, weight, [toyworld.caption(s) for s in scenes],
+                     seed=1000 * seed + 100 * n + c)
         seconds = (time.perf_counter() - start) / len(scenes)
-        for row, (seed, scene) in zip(judged(drawn, [(names, s) for _, s in scenes], judge), scenes):
+        for row, scene in zip(judged(drawn, [(names, s) for s in scenes], judge), scenes):
             rows.append(row | {"set": lora_set, "n": n, "method": label, "weight": weight, "seed": seed,
                                "combination": "+".join(names), "prompt": toyworld.caption(scene), "seconds": seconds})
         images += drawn
     return rows, images
 
 
-def run_alone(pipe, judge, lora_set: str, seeds: list[int], per_seed: int) -> list[dict]:
+def run_alone(pipe, judge, lora_set: str, seed: int, prompts: int) -> list[dict]:
     """Each LoRA alone (weight 1) on held-out prompts asking for its concept: the ceiling, and the 85% bar."""
     rows = []
     for name in NAMES:
-        asked = [(seed, scene) for seed in seeds
-                 for scene in combination_scenes({name: CONCEPTS[name]}, per_seed, seed=30_000 + 100 * seed)]
+        asked = combination_scenes({name: CONCEPTS[name]}, prompts, seed=30_000 + 100 * seed)
         with compose(pipe, [adapter(lora_set, name)], "merge", [1.0]):
-            images = sdtune.sample(pipe, [toyworld.caption(s) for _, s in asked], STEPS, GUIDANCE, seed=7)
-        for (seed, _), row in zip(asked, judged(images, [((name,), s) for _, s in asked], judge)):
+            images = sdtune.sample(pipe, [toyworld.caption(s) for s in asked], STEPS, GUIDANCE, seed=7 + seed)
+        for row in judged(images, [((name,), s) for s in asked], judge):
             rows.append({"set": lora_set, "lora": name, "seed": seed, "shown": row["all"], "checker": row["checker_all"]})
     return rows
 
@@ -239,23 +253,26 @@ def summary(rows: list[dict], seeds: list[int]) -> dict:
 
 
 def compare(by_method: dict[str, list[dict]], seeds: list[int]) -> dict:
-    """Each method against merge on all elements: paired over the same images, and over the sampling seeds; the
-    winner is the best method when its paired difference with every other excludes zero, else "not resolved"."""
+    """Each method against merge on all elements: over the training seeds (t-interval; the verdict) and over the same
+    images (Newcombe; the sampling only). The winner is the best method when its difference over the seeds with every
+    other method excludes zero, else "not resolved"."""
+    def per_seed(rows: list[dict]) -> list[Rate]:
+        return [Rate.of(r["all"] for r in rows if r["seed"] == s) for s in seeds]
+
+    def over_seeds(a: str, b: str):
+        return replace(seed_difference(per_seed(by_method[a]), per_seed(by_method[b]), a, b),
+                       method=f"paired over {len(seeds)} training seeds (t-interval)")
+
     out = {}
     for label, rows in by_method.items():
         if label != "merge":
-            merge = by_method["merge"]
             out[f"{label} - merge"] = {
-                "images": paired_difference([r["all"] for r in rows], [r["all"] for r in merge], label, "merge"),
-                "seeds": replace(seed_difference([Rate.of(r["all"] for r in rows if r["seed"] == s) for s in seeds],
-                                                 [Rate.of(r["all"] for r in merge if r["seed"] == s) for s in seeds], label,
-                                                 "merge"), method=f"paired over {len(seeds)} sampling seeds (t-interval)")
-                if len(seeds) >= 3 else None,
+                "seeds": over_seeds(label, "merge"),
+                "images": paired_difference([r["all"] for r in rows], [r["all"] for r in by_method["merge"]], label, "merge"),
             }
     rates = {label: float(np.mean([r["all"] for r in rows])) for label, rows in by_method.items()}
     best = max(rates, key=rates.get)
-    beaten = {other: paired_difference([r["all"] for r in by_method[best]], [r["all"] for r in by_method[other]], best, other)
-              for other in by_method if other != best}
+    beaten = {other: over_seeds(best, other) for other in by_method if other != best}
     out["winner"] = best if all(d.resolved for d in beaten.values()) else "not resolved"
     out["best"] = best
     out["best_vs_others"] = {k: d.verdict() for k, d in beaten.items()}
@@ -289,10 +306,56 @@ def examples_png(path: Path, examples: dict) -> None:
                 ax.set_title(f"{lora_set}\nweight {weight:g}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
-    prompt = next(iter(examples.values()))[1]["prompt"]
-    fig.suptitle(f"'{prompt}' (4 LoRAs, sampling seed 0): the judge's verdict per asked concept", fontsize=9)
+    first = next(iter(examples.values()))[1]
+    fig.suptitle(f"'{first['prompt']}' (4 LoRAs, training seed {first['seed']}): the judge's verdict per asked concept",
+                 fontsize=9)
     fig.tight_layout()
     write_figure(path, fig, dpi=80)
+
+
+def run_seed(seed: int, pipe, judge, work: Path, args: argparse.Namespace, weights: list[float]) -> tuple[dict, dict]:
+    """One training seed: train its eight LoRAs (and their short versions), then measure each alone, their
+    interactions and every cell of the grid on the seed's own prompts. Returns (outcomes, pictures)."""
+    start = time.time()
+    files = train_sets(pipe, work, seed)
+    train_seconds = time.time() - start
+    with warnings.catch_warnings():  # peft notes that the UNet already holds adapters: here that is the point
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        for lora_set in SETS:
+            for name in NAMES:
+                load_adapter(pipe, files[lora_set][name], adapter(lora_set, name))
+    alone = [row for lora_set in SETS for row in run_alone(pipe, judge, lora_set, seed, args.alone)]
+    effects = {f"{s}, weight {w:g}": interactions(pipe, s, w) for s in SETS[:2] for w in (1.0, *weights)}
+    effects |= {f"{s}, weight 1": interactions(pipe, s, 1.0) for s in SETS[2:]}
+
+    # (set, n, method, weight): the paper's setting at weight 1, then the strength map (weights, short training)
+    cells = [(s, n, m, 1.0) for s in SETS[:2] for n in (2, 3, 4) for m in METHODS]
+    cells += [(s, n, m, w) for s in SETS[:2] for w in weights for n in (2, 4) for m in MAP_METHODS]
+    cells += [(s, n, m, 1.0) for s in SETS[2:] for n in (2, 4) for m in MAP_METHODS]
+    asked = {n: prompts_for(n, seed, args.prompts) for n in (2, 3, 4)}
+    rows, pictures, examples = [], {}, []
+    for lora_set, n, label, weight in cells:
+        cell_rows, images = run_cell(pipe, judge, lora_set, n, label, weight, asked[n], seed)
+        rows += cell_rows
+        if n == 4 and lora_set in SETS[:2]:
+            pictures[str(len(examples))] = np.asarray(images[0])
+            examples.append({"set": lora_set, "method": label, "weight": weight, "row": cell_rows[0]})
+        print(f"seed {seed}  {lora_set:<19} n={n} {label:<18} w={weight:g}: all elements "
+              f"{Rate.of(r['all'] for r in cell_rows)}  ({time.time() - start:.0f} s)", flush=True)
+    pipe.delete_adapters([adapter(s, k) for s in SETS for k in NAMES])
+    loras = {f"{s} {k}": {"steps": TRAIN_STEPS[k] // 3 if "short" in s else TRAIN_STEPS[k], "sha256": sha256(files[s][k])}
+             for s in SETS for k in NAMES}
+    return ({"alone": alone, "rows": rows, "interactions": effects, "examples": examples, "loras": loras,
+             "train_seconds": train_seconds, "images_per_cell": {n: sum(len(v) for v in a.values()) for n, a in asked.items()}},
+            pictures)
+
+
+def mean_effects(per_seed: list[dict]) -> dict:
+    """The interaction measures averaged over the training seeds (each seed's are kept too)."""
+    return {key: {m: (np.mean([e[key][m] for e in per_seed], axis=0).tolist() if m == "cosines"
+                      else float(np.mean([e[key][m] for e in per_seed])))
+                  for m in per_seed[0][key]}
+            for key in per_seed[0]}
 
 
 def main() -> None:
@@ -301,50 +364,35 @@ def main() -> None:
                         help="prompts per combination and seed (the combination of all four: 4x, at most 8; default 2)")
     parser.add_argument("--alone", type=int, default=12, help="held-out prompts per LoRA and seed, each LoRA alone (default 12)")
     parser.add_argument("--weights", default="2", help="the strength map's LoRA weights besides 1, comma-separated (default 2)")
-    study_arguments(parser, "composition-study", RESULTS, seeds_help="sampling seeds: each draws fresh prompts and noise")
+    study_arguments(parser, "composition-study", RESULTS, seeds="0,1,2,3,4",
+                    seeds_help="training seeds: each trains its own LoRAs and draws its own prompts and noise")
     args = parser.parse_args()
-    weights = [float(w) for w in args.weights.split(",") if w]
+    try:
+        weights = [float(w) for w in args.weights.split(",") if w]
+    except ValueError:
+        parser.error(f"--weights {args.weights!r}: give comma-separated numbers, e.g. 2 or 1.5,2")
     if args.prompts < 1 or args.alone < 1:
         parser.error("--prompts and --alone must be at least 1")
-    seeds, work = study_setup(parser, args)
+    seeds, work = study_setup(parser, args, min_seeds=3)
     start = time.time()
 
     pipe, judge = sdtune.load_pipeline("tiny"), sdtune.load_judge()
     pipe.set_progress_bar_config(disable=True)
-    files = train_sets(pipe, work)
-    with warnings.catch_warnings():  # peft notes that the UNet already holds adapters: here that is the point
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        for lora_set in SETS:
-            for name in NAMES:
-                load_adapter(pipe, files[lora_set][name], adapter(lora_set, name))
-    train_seconds = time.time() - start
-
-    alone = [row for lora_set in SETS for row in run_alone(pipe, judge, lora_set, seeds, args.alone)]
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = seed_outcomes(work, seed, functools.partial(run_seed, seed, pipe, judge, work, args, weights))
+    rows = [r for seed in seeds for r in per_seed[seed]["rows"]]
+    alone = [r for seed in seeds for r in per_seed[seed]["alone"]]
     alone_rates = {s: {k: Rate.of(r["shown"] for r in alone if (r["set"], r["lora"]) == (s, k)) for k in NAMES} for s in SETS}
     for lora_set, rates in alone_rates.items():
         print(f"alone, {lora_set:<19}" + "  ".join(f"{k} {r}" + (" (below 85%)" if r.value < 0.85 else "")
                                                    for k, r in rates.items()), flush=True)
-    effects = {f"{s}, weight {w:g}": interactions(pipe, s, w) for s in SETS[:2] for w in (1.0, *weights)}
-    effects |= {f"{s}, weight 1": interactions(pipe, s, 1.0) for s in SETS[2:]}
+    effects = mean_effects([per_seed[seed]["interactions"] for seed in seeds])
     for key, e in effects.items():
         print(f"{key:<31} overlap {e['overlap']:+.2f}  merge interaction {e['merge_interaction']:.2f}  "
               f"effect of one {e['one_size']:.2f}, merge {e['merge_size']:.2f}, composite {e['composite_size']:.2f}", flush=True)
 
-    # (set, n, method, weight): the paper's setting at weight 1, then the strength map (weights, short training)
-    cells = [(s, n, m, 1.0) for s in SETS[:2] for n in (2, 3, 4) for m in METHODS]
-    cells += [(s, n, m, w) for s in SETS[:2] for w in weights for n in (2, 4) for m in MAP_METHODS]
-    cells += [(s, n, m, 1.0) for s in SETS[2:] for n in (2, 4) for m in MAP_METHODS]
-    asked = {n: prompts_for(n, seeds, args.prompts) for n in (2, 3, 4)}
-    rows, examples = [], {}
-    for lora_set, n, label, weight in cells:
-        cell_rows, images = run_cell(pipe, judge, lora_set, n, label, weight, asked[n])
-        rows += cell_rows
-        if n == 4 and lora_set in SETS[:2]:
-            examples[lora_set, label, weight] = (images[0], cell_rows[0])
-        print(f"{lora_set:<19} n={n} {label:<18} w={weight:g}: all elements {Rate.of(r['all'] for r in cell_rows)}  "
-              f"({time.time() - start:.0f} s)", flush=True)
-
-    keys = list(dict.fromkeys((s, n, w) for s, n, _, w in cells))
+    keys = list(dict.fromkeys((r["set"], r["n"], r["weight"]) for r in rows))
     grid = []
     for lora_set, n, weight in keys:
         by_method = {m: [r for r in rows if (r["set"], r["n"], r["method"], r["weight"]) == (lora_set, n, m, weight)]
@@ -352,10 +400,11 @@ def main() -> None:
         by_method = {m: r for m, r in by_method.items() if r}
         grid.append({"set": lora_set, "n": n, "weight": weight,
                      "methods": {m: summary(r, seeds) for m, r in by_method.items()}, "comparison": compare(by_method, seeds)})
+    first = per_seed[seeds[0]]
     payload = {
-        "settings": {"seeds": seeds, "seeds_are": "sampling seeds (each its own prompts and starting noise) over ONE "
-                                                  "training of each LoRA",
-                     "images_per_cell_and_seed": {n: sum(len(v) for v in a.values()) // len(seeds) for n, a in asked.items()},
+        "settings": {"seeds": seeds, "seeds_are": "training seeds: each trains its own eight LoRAs and draws its own "
+                                                  "prompts and starting noise",
+                     "images_per_cell_and_seed": first["images_per_cell"],
                      "alone_prompts_per_lora_and_seed": args.alone, "sampling_steps": STEPS, "guidance": GUIDANCE,
                      "switch_steps": {k: v[1] for k, v in METHODS.items() if v[0] == "switch"},
                      "train_steps": TRAIN_STEPS, "short_steps": {k: v // 3 for k, v in TRAIN_STEPS.items()},
@@ -363,19 +412,24 @@ def main() -> None:
                      "recipe": RECIPE, "max_timestep": MAX_TIMESTEP, "overlapping_data": NARROW,
                      "weights": [1.0, *weights], "threads": args.threads},
         "alone": alone_rates,
+        "alone_per_seed": {s: {k: [Rate.of(r["shown"] for r in alone if (r["set"], r["lora"], r["seed"]) == (s, k, seed))
+                                   for seed in seeds] for k in NAMES} for s in SETS},
         "alone_checker": {s: {k: Rate.of(r["checker"] for r in alone if (r["set"], r["lora"]) == (s, k)) for k in NAMES}
                           for s in SETS},
         "grid": grid,
         "interactions": effects,
+        "interactions_per_seed": {seed: per_seed[seed]["interactions"] for seed in seeds},
         "images": [{k: r[k] for k in ("set", "n", "method", "weight", "seed", "combination", "prompt", "hits", "all",
                                        "checker_all", "agree", "prompt_kept")} for r in rows],
-        "loras": {f"{s} {k}": {"steps": TRAIN_STEPS[k] // 3 if "short" in s else TRAIN_STEPS[k], "sha256": sha256(files[s][k])}
-                  for s in SETS for k in NAMES},
-        "train_seconds": round(train_seconds, 1),
-        "seconds": round(time.time() - start, 1),
+        "loras": {f"{name}, seed {seed}": lora for seed in seeds for name, lora in per_seed[seed]["loras"].items()},
+        "train_seconds": round(sum(per_seed[seed]["train_seconds"] for seed in seeds), 1),
+        "seconds_per_seed": {seed: round(per_seed[seed]["seconds"], 1) for seed in seeds},
+        "seconds": round(sum(per_seed[seed]["seconds"] for seed in seeds), 1),
     }
     # the committed weights it measured; the LoRAs trained here (not committed) are recorded by sha256 under "loras"
     write_results(args.out, payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    with np.load(seed_pictures(work, seeds[0])) as pictures:
+        examples = {(e["set"], e["method"], e["weight"]): (pictures[str(i)], e["row"]) for i, e in enumerate(first["examples"])}
     examples_png(Path(args.out).with_name(Path(args.out).stem + "_examples.png"), examples)
     print(f"\nall elements present\n{'set':<19} {'n':>2} {'weight':>6}  " + "".join(f"{m:<24}" for m in METHODS) + "winner")
     for g in grid:
