@@ -136,5 +136,7 @@ def test_a_live_run_is_within_the_spread_of_the_study_seeds_intervals():
     assert within_spread(Rate(12, 24), seeds) and within_spread(low, seeds) and within_spread(high, seeds)
     assert not within_spread(Rate(24, 24), seeds) and not within_spread(Rate(0, 24), seeds)
     assert not within_spread(high + 1e-9, seeds)
+    # a live rate's own interval is its tolerance: 16/16 [81%, 100%] reaches seeds of 14/16, not seeds of 2/16
+    assert within_spread(Rate(16, 16), [Rate(14, 16)] * 3) and not within_spread(Rate(16, 16), [Rate(2, 16)] * 3)
     with pytest.raises(ValueError, match="per-seed rates"):
         study_spread([])
