@@ -235,13 +235,18 @@ def interactions(pipe, lora_set: str, weight: float) -> dict:
             "merge_size": float(merged.norm() / eps0.norm()), "composite_size": float(composite.norm() / eps0.norm())}
 
 
+def all_per_seed(rows: list[dict], seeds: list[int]) -> list[Rate]:
+    """All elements present, one rate per training seed (in the order of `seeds`)."""
+    return [Rate.of(r["all"] for r in rows if r["seed"] == s) for s in seeds]
+
+
 def summary(rows: list[dict], seeds: list[int]) -> dict:
     """All elements, concept presence (pooled and per concept), whole prompt and the checker's view, pooled over the
     seeds; all elements per seed."""
     asked = sorted({k for r in rows for k in r["combination"].split("+")}, key=NAMES.index)
     return {
         "all": Rate.of(r["all"] for r in rows),
-        "all_per_seed": [Rate.of(r["all"] for r in rows if r["seed"] == s) for s in seeds],
+        "all_per_seed": all_per_seed(rows, seeds),
         "presence": Rate.of(h for r in rows for h in r["hits"]),
         "per_concept": {k: Rate.of(h for r in rows for name, h in zip(r["combination"].split("+"), r["hits"]) if name == k)
                         for k in asked},
@@ -256,11 +261,8 @@ def compare(by_method: dict[str, list[dict]], seeds: list[int]) -> dict:
     """Each method against merge on all elements: over the training seeds (t-interval; the verdict) and over the same
     images (Newcombe; the sampling only). The winner is the best method when its difference over the seeds with every
     other method excludes zero, else "not resolved"."""
-    def per_seed(rows: list[dict]) -> list[Rate]:
-        return [Rate.of(r["all"] for r in rows if r["seed"] == s) for s in seeds]
-
     def over_seeds(a: str, b: str):
-        return replace(seed_difference(per_seed(by_method[a]), per_seed(by_method[b]), a, b),
+        return replace(seed_difference(all_per_seed(by_method[a], seeds), all_per_seed(by_method[b], seeds), a, b),
                        method=f"paired over {len(seeds)} training seeds (t-interval)")
 
     out = {}

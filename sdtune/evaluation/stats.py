@@ -207,7 +207,7 @@ def seed_difference(a: Sequence[Rate | float], b: Sequence[Rate | float], name_a
 
 def study_spread(per_seed: Iterable[Rate]) -> tuple[float, float]:
     """Where a study's training seeds put one rate: from the lowest of their 95% lower bounds to the highest upper
-    bound. A chapter's live run (one seed of the study, with its recipe) is expected to land inside it."""
+    bound. A chapter's live run (one seed of the study, with its recipe) is checked against it by `within_spread`."""
     rates = list(per_seed)
     if not rates:
         raise ValueError("study_spread needs the study's per-seed rates: got none.")
