@@ -3,6 +3,8 @@
     python benchmarks/judge_agreement.py                       # 5 minutes in one measured run (2 shared CPU cores)
     python benchmarks/judge_agreement.py --judge my-judge --out benchmarks/results/judge_agreement_my-judge.json \
         --images /tmp/images.npz                               # another judge, on the images of an earlier run
+    python benchmarks/judge_agreement.py --seed-shift 50000 --out benchmarks/results/judge_agreement_heldout_cpu.json
+                                                               # the same sources, fresh sampling seeds
 
 Every number the course prints comes from the judge (`sdtune.load_judge()`), a CNN trained on clean renders. The
 chapters judge *generated* images, often off the training distribution. Here both the judge and
@@ -16,7 +18,11 @@ background and style of 600+ generated images from the sources the chapters use:
 
 Agreement per attribute is k of n with a Wilson 95% interval, overall and per source, over every image ("unsure",
 could not decide) counts as disagreement. The bar (issue 19): 95% on colour and background, 90% on shape and
-style. Writes the results file (with provenance) and a PNG of the disagreements, each labelled with both
+style. Beside it, the agreement where the judge is sure (its probability of the value it names at least 0.9, a
+threshold fixed on the images of seeds 7, 1007 and 2007 after a person's audit found the disagreements on images
+with no nameable value, `benchmarks/judge_audit.py`): how many images it keeps, and how often the two agree on them.
+`--seed-shift` draws fresh images (every sampling seed shifted), on which that threshold is tested held out.
+Writes the results file (with provenance) and a PNG of the disagreements, each labelled with both
 verdicts. `--images` saves the generated images (or reuses them when the file exists), so a second judge is
 measured on exactly the same images.
 """
@@ -24,6 +30,7 @@ measured on exactly the same images.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -58,6 +65,7 @@ LORAS = ASSETS / "loras"
 # are fresh ones, so the agreement is measured on images its author never saw.
 SEEDS = (7, 1007)  # the LoRA sources
 BASE_SEEDS = (7, 1007, 2007)
+SURE = 0.9  # the judge's probability of the value it names, at or above which it counts as sure
 
 
 @dataclass
@@ -69,17 +77,19 @@ class Source:
     images: list[Image.Image]
 
 
-def sampled(pipe, scenes, seeds=SEEDS, steps: int = 15, guidance: float = sdtune.sampling.TINY_GUIDANCE, prompts=None):
+def sampled(pipe, scenes, seeds=SEEDS, shift: int = 0, steps: int = 15, guidance: float = sdtune.sampling.TINY_GUIDANCE, prompts=None):
     """Sample each scene's caption (or the given prompts) once per seed; returns (scenes, images) in order."""
     prompts = prompts or [toyworld.caption(s) for s in scenes]
     images = []
     for seed in seeds:
-        images += sdtune.sample(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
+        images += sdtune.sample(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed + shift)
     return list(scenes) * len(seeds), images
 
 
-def generate(pipe, work: Path) -> list[Source]:
+def generate(pipe, work: Path, shift: int = 0) -> list[Source]:
+    """Every source's images; `shift` is added to every sampling seed (fresh images of the same sources)."""
     sources = []
+    draw = functools.partial(sampled, shift=shift)
     start = time.time()
 
     def done(name, scenes, images):
@@ -87,21 +97,21 @@ def generate(pipe, work: Path) -> list[Source]:
         print(f"  {name:<28} {len(images):4d} images  ({time.time() - start:4.0f} s)", flush=True)
 
     base = toyworld.base_prompts()
-    done("base prompts", *sampled(pipe, base, seeds=BASE_SEEDS, steps=sdtune.sampling.TINY_STEPS))
+    done("base prompts", *draw(pipe, base, seeds=BASE_SEEDS, steps=sdtune.sampling.TINY_STEPS))
 
     for name, (attribute, value, _) in CONCEPTS.items():  # as sdtune.models.toy_loras measures them
         load_adapter(pipe, LORAS / f"{name}.safetensors", name)
-        done(f"toy LoRA: {name}", *sampled(pipe, concept_scenes(attribute, value, 24, seed=100)))
+        done(f"toy LoRA: {name}", *draw(pipe, concept_scenes(attribute, value, 24, seed=100)))
     merged = toyworld.sample_scenes(24, seed=101, shapes=["star"], colours=["pink"])
     with compose(pipe, ["pink", "star"], "merge"):
-        done("toy LoRAs merged: pink+star", *sampled(pipe, merged))
+        done("toy LoRAs merged: pink+star", *draw(pipe, merged))
     for name in CONCEPTS:
         remove_adapter(pipe, name)
 
     ddim = pipe.scheduler
     pipe.scheduler = LCMScheduler.from_config(ddim.config)
     load_adapter(pipe, LORAS / "lcm.safetensors", "lcm")
-    done("LCM-LoRA, 4 steps", *sampled(pipe, LCM_PROMPTS, steps=4, guidance=1.0))
+    done("LCM-LoRA, 4 steps", *draw(pipe, LCM_PROMPTS, steps=4, guidance=1.0))
     remove_adapter(pipe, "lcm")
     pipe.scheduler = ddim
 
@@ -111,7 +121,7 @@ def generate(pipe, work: Path) -> list[Source]:
     out = train(TrainConfig(data=str(data), out=str(work / "striped-out"), adapter="locon", rank=8, steps=200,
                             batch_size=16, max_timestep=600, seed=0), pipe=pipe)
     load_adapter(pipe, out / "striped-out.safetensors", "striped")
-    done("striped LoCon (trained here)", *sampled(pipe, toyworld.sample_scenes(24, seed=100, styles=["striped"]), guidance=2.5))
+    done("striped LoCon (trained here)", *draw(pipe, toyworld.sample_scenes(24, seed=100, styles=["striped"]), guidance=2.5))
     remove_adapter(pipe, "striped")
 
     # a subject, DreamBooth-LoRA with prior preservation (as chapter 08): five yellow stars called "sks diamond"
@@ -125,7 +135,7 @@ def generate(pipe, work: Path) -> list[Source]:
     load_adapter(pipe, out / "subject-out.safetensors", "subject")
     rows = subject_prompts("sks diamond") + subject_prompts("diamond")  # the subject, then its class (drift)
     scenes = [toyworld.Scene("star" if "sks" in p else "diamond", c, b) for p, c, b in rows]
-    done("DreamBooth-LoRA subject (here)", *sampled(pipe, scenes, prompts=[p for p, _, _ in rows]))
+    done("DreamBooth-LoRA subject (here)", *draw(pipe, scenes, prompts=[p for p, _, _ in rows]))
     remove_adapter(pipe, "subject")
     return sources
 
@@ -180,7 +190,20 @@ def measure(sources: list[Source], judge) -> tuple[dict, list]:
         for i, image in enumerate(s.images):
             if any(judged[k][i] != checked[k][i] for k in ATTRIBUTES):
                 disagreements.append((image, s.name, {k: judged[k][i] for k in ATTRIBUTES}, {k: checked[k][i] for k in ATTRIBUTES}))
-    return agreement(judged_all, checked_all) | {"per_source": per_source}, disagreements
+    return agreement(judged_all, checked_all) | {"per_source": per_source, "where_sure": where_sure(sources, judge)}, disagreements
+
+
+def where_sure(sources: list[Source], judge, sure: float = SURE) -> dict:
+    """Per attribute: the images on which the judge is sure (probability of its named value >= `sure`), as a share
+    of all, and the agreement with the checker on those."""
+    images = [im for s in sources for im in s.images]
+    judged, checked, confidence = judge.predict(images), checker.check_all(images), judge.confidence(images)
+    out = {"threshold": sure}
+    for k in ATTRIBUTES:
+        kept = [p >= sure for p in confidence[k]]
+        out[k] = {"sure": Rate.of(kept),
+                  "agreement": Rate.of(j == c for j, c, keep in zip(judged[k], checked[k], kept) if keep)}
+    return out
 
 
 def compare(sources: list[Source], judge, other, name: str, other_name: str) -> dict:
@@ -230,6 +253,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/judge_agreement_cpu.json", help="results file (replaced)")
     parser.add_argument("--images", help="an .npz of generated images: reused when it exists, else written after generating")
     parser.add_argument("--compare", help="another judge folder: paired differences of the two judges' agreement, per image")
+    parser.add_argument("--seed-shift", type=int, default=0, help="added to every sampling seed: fresh images of the "
+                        "same sources (a held-out set for a threshold chosen on the default images)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared machine more "
                         "threads than free cores make every step wait for the slowest)")
     args = parser.parse_args()
@@ -253,7 +278,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             os.environ.setdefault("SDTUNE_CACHE", str(Path(work) / "cache"))
             print("generating:")
-            sources = generate(pipe, Path(work))
+            sources = generate(pipe, Path(work), shift=args.seed_shift)
         if args.images:
             save_images(Path(args.images), sources)
     results, disagreements = measure(sources, judge)
@@ -265,6 +290,11 @@ def main() -> None:
         every, decided = results["agreement"][k], results["agreement_decided"][k]
         print(f"  {k:<11} {str(every):<26} {'met' if every.value >= BAR[k] else 'NOT MET':<7}  "
               f"{str(decided):<26} {'met' if decided.value >= BAR[k] else 'NOT MET':<7} {results['unsure'][k]:4d}")
+    sure = results["where_sure"]
+    print(f"\nwhere the judge is sure (its probability of the value it names >= {sure['threshold']}):")
+    for k in ATTRIBUTES:
+        print(f"  {k:<11} sure on {str(sure[k]['sure']):<26} agreement there {sure[k]['agreement']}  "
+              f"{'met' if sure[k]['agreement'].value >= BAR[k] else 'NOT MET'}")
     print("\nper source, agreement over every image:")
     for name, row in results["per_source"].items():
         print(f"  {name:<32} " + "  ".join(f"{k} {row['agreement'][k]}" for k in ATTRIBUTES))
@@ -278,7 +308,8 @@ def main() -> None:
     disagreement_grid(disagreements, grid)
     weights = [TINY_SD, judge_dir / "model.safetensors"] + sorted(LORAS.glob("*.safetensors"))
     weights += [Path(args.compare) / "model.safetensors"] if args.compare else []
-    results.update(validation=validation, images=n, seconds=round(seconds, 1), bar=BAR, judge=str(judge_dir), disagreements=len(disagreements),
+    results.update(validation=validation, images=n, seconds=round(seconds, 1), bar=BAR, judge=str(judge_dir), seed_shift=args.seed_shift,
+                   disagreements=len(disagreements),
                    grid=grid.name)
     write_results(out, results, weights=weights, overwrite=True)
     print(f"wrote {out} and {grid} ({len(disagreements)} images with a disagreement)")

@@ -50,17 +50,23 @@ class Judge(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[str]]:
-        """Name each attribute of each image. `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
+    def probabilities(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, torch.Tensor]:
+        """Per attribute, an (N, values) tensor: the softmax over that attribute's values for each image."""
         x = images if isinstance(images, torch.Tensor) else to_tensor(images)
         was_training = self.training
         self.eval()
-        names: dict[str, list[str]] = {k: [] for k in self.attributes}
-        for chunk in x.split(batch_size):
-            for k, logits in self(chunk.float()).items():
-                names[k] += [self.attributes[k][i] for i in logits.argmax(1).tolist()]
+        chunks = [self(chunk.float()) for chunk in x.split(batch_size)]
         self.train(was_training)
-        return names
+        return {k: torch.cat([c[k] for c in chunks]).softmax(dim=1) for k in self.attributes}
+
+    def predict(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[str]]:
+        """Name each attribute of each image. `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
+        return {k: [self.attributes[k][i] for i in p.argmax(1).tolist()]
+                for k, p in self.probabilities(images, batch_size).items()}
+
+    def confidence(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[float]]:
+        """How sure the judge is of each name it gives: the softmax probability of that value, per attribute and image."""
+        return {k: p.max(1).values.tolist() for k, p in self.probabilities(images, batch_size).items()}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
