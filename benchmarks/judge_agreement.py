@@ -154,18 +154,25 @@ def load_images(path: Path) -> list[Source]:
             for i, m in enumerate(meta)]
 
 
-def disagreement_grid(rows: list[tuple[Image.Image, str, dict, dict]], path: Path, scale: int = 2, cols: int = 10) -> None:
-    """Each disagreement enlarged, with its source and, per attribute that differs, "judge/checker"."""
-    side = 64 * scale
-    cell_h = side + 44
-    cols = min(cols, max(1, len(rows)))
-    grid = Image.new("RGB", (cols * side, max(1, -(-len(rows) // cols)) * cell_h), "white")
+def captioned_grid(images: list[Image.Image], captions: list[str], scale: int = 2, cols: int = 10,
+                   caption_height: int = 44) -> Image.Image:
+    """The images enlarged `scale` times (no blur), row by row, each with its caption (lines of text) below it."""
+    side, cell_h = 64 * scale, 64 * scale + caption_height
+    cols = min(cols, max(1, len(images)))
+    grid = Image.new("RGB", (cols * side, max(1, -(-len(images) // cols)) * cell_h), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (image, source, judged, checked) in enumerate(rows):
+    for i, (image, caption) in enumerate(zip(images, captions)):
         x, y = (i % cols) * side, (i // cols) * cell_h
         grid.paste(image.resize((side, side), Image.NEAREST), (x, y))
-        lines = [source[:21]] + [f"{k[:3]} {judged[k][:8]}/{checked[k][:8]}" for k in ATTRIBUTES if judged[k] != checked[k]]
-        draw.multiline_text((x + 2, y + side + 1), "\n".join(lines[:4]), fill="black", spacing=0)
+        draw.multiline_text((x + 2, y + side + 1), caption, fill="black", spacing=0)
+    return grid
+
+
+def disagreement_grid(rows: list[tuple[Image.Image, str, dict, dict]], path: Path) -> None:
+    """Each disagreement enlarged, with its source and, per attribute that differs, "judge/checker"."""
+    captions = ["\n".join(([source[:21]] + [f"{k[:3]} {judged[k][:8]}/{checked[k][:8]}" for k in ATTRIBUTES
+                                             if judged[k] != checked[k]])[:4]) for _, source, judged, checked in rows]
+    grid = captioned_grid([image for image, *_ in rows], captions)
     with staged_file(path) as tmp:
         grid.quantize(256).save(tmp, format="PNG")  # a palette of 256 colours: a third of the size
         readable(tmp)
@@ -190,14 +197,15 @@ def measure(sources: list[Source], judge) -> tuple[dict, list]:
         for i, image in enumerate(s.images):
             if any(judged[k][i] != checked[k][i] for k in ATTRIBUTES):
                 disagreements.append((image, s.name, {k: judged[k][i] for k in ATTRIBUTES}, {k: checked[k][i] for k in ATTRIBUTES}))
-    return agreement(judged_all, checked_all) | {"per_source": per_source, "where_sure": where_sure(sources, judge)}, disagreements
+    confidence = judge.confidence([im for s in sources for im in s.images])
+    return agreement(judged_all, checked_all) | {"per_source": per_source,
+                                                 "where_sure": where_sure(judged_all, checked_all, confidence)}, disagreements
 
 
-def where_sure(sources: list[Source], judge, sure: float = SURE) -> dict:
+def where_sure(judged: dict[str, list[str]], checked: dict[str, list[str]], confidence: dict[str, list[float]],
+               sure: float = SURE) -> dict:
     """Per attribute: the images on which the judge is sure (probability of its named value >= `sure`), as a share
     of all, and the agreement with the checker on those."""
-    images = [im for s in sources for im in s.images]
-    judged, checked, confidence = judge.predict(images), checker.check_all(images), judge.confidence(images)
     out = {"threshold": sure}
     for k in ATTRIBUTES:
         kept = [p >= sure for p in confidence[k]]

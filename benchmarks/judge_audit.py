@@ -33,7 +33,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 import sdtune
 from sdtune.data import toyworld
@@ -43,7 +42,7 @@ from sdtune.evaluation.provenance import TINY_SD, write_results
 from sdtune.evaluation.stats import Rate
 
 # this folder's scripts run with the folder on sys.path
-from judge_agreement import ATTRIBUTES, LORAS, SURE, Source, generate, load_images, save_images
+from judge_agreement import ATTRIBUTES, LORAS, SURE, Source, captioned_grid, generate, load_images, save_images
 
 LABELS = Path("benchmarks/results/judge_audit_labels.tsv")
 AGREED_SAMPLE, SAMPLE_SEED = 48, 0
@@ -89,15 +88,10 @@ def write_sheets(sources: list[Source], items: list[tuple[int, str, str]], folde
         wanted.setdefault(i, []).append(k)
     ids = list(wanted)
     folder.mkdir(parents=True, exist_ok=True)
-    side = 64 * scale
     for start in range(0, len(ids), per_sheet):
         chunk = ids[start : start + per_sheet]
-        sheet = Image.new("RGB", (cols * side, -(-len(chunk) // cols) * (side + 16)), "white")
-        draw = ImageDraw.Draw(sheet)
-        for n, i in enumerate(chunk):
-            x, y = (n % cols) * side, (n // cols) * (side + 16)
-            sheet.paste(images[i].resize((side, side), Image.NEAREST), (x, y))
-            draw.text((x + 2, y + side + 2), f"#{i} {', '.join(wanted[i])}", fill="black")
+        sheet = captioned_grid([images[i] for i in chunk], [f"#{i} {', '.join(wanted[i])}" for i in chunk],
+                               scale=scale, cols=cols, caption_height=16)
         sheet.save(folder / f"sheet_{start // per_sheet:02d}.png")
     template = [f"# images {images_sha}", "# image\tattribute\tlabel (a value the image shows, or ? where none clearly)"]
     template += [f"{i}\t{k}\t{AMBIGUOUS}" for i, k, _ in items]
