@@ -403,7 +403,7 @@ def main() -> None:
     start = time.perf_counter()
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     probe = ablation(pipe, judge, work)
     print("\nablation (loss of the judge's score without the unit, mean of the two images):")
     print(f"{'unit':<30}{'shape':>8}{'pattern':>9}{'colour':>8}")
@@ -435,7 +435,7 @@ def main() -> None:
                             "arms": {a: list(b) for a, b in arms.items()}},
                "ablation": probe, **summary, "grid": os.path.relpath(out.with_suffix(".png"), BENCHMARKS.parent),
                "study_s": round(time.perf_counter() - start, 1), "load_average": os.getloadavg()[0]}
-    write_results(out, payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(out, {"judge_sure": args.judge_sure} | payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"\n{out} ({payload['study_s']:.0f} s)")
 
 

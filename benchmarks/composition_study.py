@@ -378,7 +378,7 @@ def main() -> None:
     seeds, work = study_setup(parser, args, min_seeds=3)
     start = time.time()
 
-    pipe, judge = sdtune.load_pipeline("tiny"), sdtune.load_judge()
+    pipe, judge = sdtune.load_pipeline("tiny"), sdtune.load_judge(sure=args.judge_sure)
     pipe.set_progress_bar_config(disable=True)
     per_seed = {}
     for seed in seeds:
@@ -429,7 +429,7 @@ def main() -> None:
         "seconds": round(sum(per_seed[seed]["seconds"] for seed in seeds), 1),
     }
     # the committed weights it measured; the LoRAs trained here (not committed) are recorded by sha256 under "loras"
-    write_results(args.out, payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(args.out, {"judge_sure": args.judge_sure} | payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     with np.load(seed_pictures(work, seeds[0])) as pictures:
         examples = {(e["set"], e["method"], e["weight"]): (pictures[str(i)], e["row"]) for i, e in enumerate(first["examples"])}
     examples_png(Path(args.out).with_name(Path(args.out).stem + "_examples.png"), examples)

@@ -255,7 +255,7 @@ def main() -> None:
 
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = seed_outcomes(work, seed, lambda: run_seed(seed, pipe, judge, work))
@@ -268,7 +268,7 @@ def main() -> None:
                 "recipes": {k: {"pairs": v[0], "copier": v[1]} for k, v in RECIPES.items()}}
     out = Path(args.out)
     seconds = sum(p["seconds"] for p in per_seed.values())  # each seed's training and sampling, also for cached seeds
-    write_results(out, {"settings": settings, **summary, "seconds": seconds},
+    write_results(out, {"judge_sure": args.judge_sure, "settings": settings, **summary, "seconds": seconds},
                   weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     with np.load(seed_pictures(work, seeds[0])) as pictures:
         grid(dict(pictures), out.with_name(out.stem + "_grid.png"), seeds[0], per_seed[seeds[0]]["one_pair"])

@@ -246,7 +246,7 @@ def main() -> None:
     from sdtune.evaluation.judge import load_judge
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
 
-    judge = load_judge()
+    judge = load_judge(sure=args.judge_sure)
 
     if "style" in parts:
         results["settings"]["style"] = {"folders": {name: STYLE_FOLDERS.get(name, STYLES) for name in STYLE_RECIPES},
@@ -283,7 +283,7 @@ def main() -> None:
         for entry in results.get(part, {}).values():
             for e in (entry.values() if part == "style" else [entry]):
                 e.pop("_runs")
-    write_results(args.out, results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(args.out, {"judge_sure": args.judge_sure} | results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"wrote {args.out}")
 
 

@@ -191,7 +191,7 @@ def main() -> None:
     from sdtune.evaluation.stats import Rate, seed_difference
     from sdtune.io import staged_file
 
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     base = sdtune.load_pipeline("tiny")
     base.set_progress_bar_config(disable=True)
     base_seen = measure(base, judge)
@@ -232,7 +232,7 @@ def main() -> None:
         "prior": table,
         "differences": differences,
     }
-    write_results(args.out, results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(args.out, {"judge_sure": args.judge_sure} | results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"wrote {args.out} and {png}")
 
 

@@ -189,7 +189,7 @@ def main() -> None:
 
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     start = time.perf_counter()
     base = outcomes(pipe, judge)
     runs = {arm: {s: run_arm(pipe, judge, arm, s, work) for s in seeds} for arm in arms}
@@ -209,7 +209,7 @@ def main() -> None:
     results["wall_s"] = round(time.perf_counter() - start, 1)  # this invocation; runs found in --work were not redone
     results["runs_reused"] = [f"{a} seed {s}" for a in arms for s in seeds if runs[a][s].get("reused")]
     report(results)
-    write_results(args.out, results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(args.out, {"judge_sure": args.judge_sure} | results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"wrote {args.out}")
 
 

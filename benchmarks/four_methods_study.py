@@ -291,7 +291,7 @@ def main() -> None:
     )
 
     start = time.perf_counter()
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     base = measure(pipe, judge, "base", None, None, work, "base")
@@ -324,6 +324,7 @@ def main() -> None:
     png = write_figure(Path(args.out).with_suffix(".png"), picture(rows, columns), dpi=80)
     minutes = (time.perf_counter() - start) / 60
     write_results(args.out, {
+        "judge_sure": args.judge_sure,
         "settings": settings() | {"seeds": seeds, "threads": args.threads, "methods": list(METHODS),
                                   "picture": {"file": png.name, "rows": list(rows), "columns": columns}},
         "rates": table,

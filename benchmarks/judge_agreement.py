@@ -47,7 +47,7 @@ import sdtune
 from sdtune.composition import compose
 from sdtune.data import toyworld
 from sdtune.evaluation import checker
-from sdtune.evaluation.judge import JUDGE_DIR, load_judge
+from sdtune.evaluation.judge import JUDGE_DIR, SURE, load_judge
 from sdtune.evaluation.provenance import TINY_SD, readable, write_results
 from sdtune.evaluation.stats import Rate, paired_difference
 from sdtune.evaluation.subject import subject_prompts
@@ -65,7 +65,6 @@ LORAS = ASSETS / "loras"
 # are fresh ones, so the agreement is measured on images its author never saw.
 SEEDS = (7, 1007)  # the LoRA sources
 BASE_SEEDS = (7, 1007, 2007)
-SURE = 0.9  # the judge's probability of the value it names, at or above which it counts as sure
 
 
 @dataclass
@@ -205,12 +204,13 @@ def measure(sources: list[Source], judge) -> tuple[dict, list]:
 def where_sure(judged: dict[str, list[str]], checked: dict[str, list[str]], confidence: dict[str, list[float]],
                sure: float = SURE) -> dict:
     """Per attribute: the images on which the judge is sure (probability of its named value >= `sure`), as a share
-    of all, and the agreement with the checker on those."""
+    of all, and the agreement with the checker on those, and on those of them the checker decided."""
     out = {"threshold": sure}
     for k in ATTRIBUTES:
-        kept = [p >= sure for p in confidence[k]]
-        out[k] = {"sure": Rate.of(kept),
-                  "agreement": Rate.of(j == c for j, c, keep in zip(judged[k], checked[k], kept) if keep)}
+        kept = [(j, c) for j, c, p in zip(judged[k], checked[k], confidence[k]) if p >= sure]
+        out[k] = {"sure": Rate(len(kept), len(judged[k])),
+                  "agreement": Rate.of(j == c for j, c in kept),
+                  "agreement_decided": Rate.of(j == c for j, c in kept if c != checker.UNSURE)}
     return out
 
 
@@ -300,9 +300,11 @@ def main() -> None:
               f"{str(decided):<26} {'met' if decided.value >= BAR[k] else 'NOT MET':<7} {results['unsure'][k]:4d}")
     sure = results["where_sure"]
     print(f"\nwhere the judge is sure (its probability of the value it names >= {sure['threshold']}):")
+    print(f"  {'attribute':<11} {'sure on':<26} {'agreement there':<34} {'there, the checker decided':<30}")
     for k in ATTRIBUTES:
-        print(f"  {k:<11} sure on {str(sure[k]['sure']):<26} agreement there {sure[k]['agreement']}  "
-              f"{'met' if sure[k]['agreement'].value >= BAR[k] else 'NOT MET'}")
+        every, decided = sure[k]["agreement"], sure[k]["agreement_decided"]
+        print(f"  {k:<11} {str(sure[k]['sure']):<26} {str(every):<26} {'met' if every.value >= BAR[k] else 'NOT MET':<7}  "
+              f"{str(decided):<26} {'met' if decided.value >= BAR[k] else 'NOT MET'}")
     print("\nper source, agreement over every image:")
     for name, row in results["per_source"].items():
         print(f"  {name:<32} " + "  ".join(f"{k} {row['agreement'][k]}" for k in ATTRIBUTES))

@@ -166,7 +166,7 @@ def main() -> None:
     from sdtune.evaluation.judge import load_judge
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
 
-    judge = load_judge()
+    judge = load_judge(sure=args.judge_sure)
     runs = {}
     for seed in seeds:
         cache = work / f"seed{seed}.json"
@@ -183,6 +183,7 @@ def main() -> None:
     for d in diffs:
         print(d["verdict"])
     write_results(args.out, {
+        "judge_sure": args.judge_sure,
         "settings": {"seeds": seeds, "threads": args.threads, "lora": LORA, "finetune": FINETUNE, "finetune_steps": FINETUNE_STEPS,
                      "training_images": IMAGES, "held_out_prompts": HELD_OUT, "sample_steps": SAMPLE_STEPS, "guidance": 4.0,
                      "half_scale": HALF_SCALE},

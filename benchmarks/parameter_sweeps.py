@@ -98,7 +98,7 @@ def main() -> None:
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
     from sdtune.evaluation.stats import Rate, seed_difference
 
-    judge = load_judge()
+    judge = load_judge(sure=args.judge_sure)
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     data = work / f"data-{STYLE}"
@@ -133,6 +133,7 @@ def main() -> None:
         diffs.append(d.as_dict() | {"parameter": parameter, "value_a": a, "value_b": b, "measure": m})
         print(f"{m}: {d.verdict()}")
     write_results(args.out, {
+        "judge_sure": args.judge_sure,
         "settings": {"seeds": seeds, "threads": args.threads, "style": STYLE, "training_images": IMAGES,
                      "held_out_prompts": HELD_OUT, "sample_steps": SAMPLE_STEPS, "guidance": 4.0, "fixed": FIXED,
                      "base": BASE, "sweeps": SWEEPS},

@@ -238,7 +238,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     data = work / "data"
     if not data.is_dir():
         toyworld.write_dataset(toyworld.sample_scenes(TRAIN_IMAGES, seed=TRAIN_SEED, styles=[STYLE]), data)
@@ -260,7 +260,7 @@ def main() -> None:
     results["settings"]["picture"] = {"file": png.name, "seed": PICTURE_SEED, "rows": list(rows), "columns": columns}
     report(results)
     write_figure(png, picture(rows, seen, columns), dpi=90)
-    write_results(args.out, results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(args.out, {"judge_sure": args.judge_sure} | results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"wrote {args.out} and {png}")
 
 

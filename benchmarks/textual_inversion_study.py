@@ -235,7 +235,7 @@ def main() -> None:
 
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     t0 = time.perf_counter()
     base, base_pictures = before(pipe, judge)
     base_seconds = time.perf_counter() - t0
@@ -251,7 +251,7 @@ def main() -> None:
                 "runs": {name: {"subject": shape, "vectors": vectors} for name, (shape, vectors) in RUNS.items()},
                 "evaluation": EVAL, "seeds": seeds, "picture": {"file": out.with_suffix(".png").name, "seed": seeds[0]}}
     seconds = base_seconds + sum(p["seconds"] for p in per_seed.values())  # training and sampling, cached seeds too
-    write_results(out, {"settings": settings, **summary, "seconds": seconds}, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(out, {"judge_sure": args.judge_sure, "settings": settings, **summary, "seconds": seconds}, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     with np.load(seed_pictures(work, seeds[0])) as pictures:
         grid(base_pictures | dict(pictures), out.with_suffix(".png"), seeds[0])
     print(f"wrote {out} and its grid ({seconds:.0f} s of training and sampling)")

@@ -205,7 +205,7 @@ def main() -> None:
     from sdtune.evaluation.judge import load_judge
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
 
-    judge = load_judge()
+    judge = load_judge(sure=args.judge_sure)
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     data = work / f"data-{STYLE}"
@@ -240,6 +240,7 @@ def main() -> None:
     cost = seed_difference([seconds[s]["TE + UNet"] for s in seeds], [seconds[s]["UNet"] for s in seeds], "TE + UNet", "UNet")
     print(f"train seconds: {cost.estimate:+.2f} s [{cost.low:+.2f}, {cost.high:+.2f}] for TE + UNet against UNet")
     write_results(args.out, {
+        "judge_sure": args.judge_sure,
         "settings": settings() | {"seeds": seeds, "threads": args.threads},
         "conditions": table,
         "differences": diffs,

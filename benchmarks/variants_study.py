@@ -191,7 +191,7 @@ def main() -> None:
 
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge()
+    judge = sdtune.load_judge(sure=args.judge_sure)
     start = time.perf_counter()
     base, base_images = outcomes(pipe, judge)
     save_strip(base_images, work / "base.png")
@@ -217,7 +217,7 @@ def main() -> None:
                   f"rows: the base model and each adapter kind, training seed {PICTURE_SEED}; columns: held-out dotted "
                   f"prompts; under each image: does the judge see dots?")
     write_figure(picture_file, fig, dpi=72)
-    write_results(out, results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
+    write_results(out, {"judge_sure": args.judge_sure} | results, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"wrote {out} and {picture_file}")
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdtune.data import toyworld
-from sdtune.evaluation.judge import Judge, agreement, agreement_rates, load_judge, to_tensor
+from sdtune.evaluation.judge import SURE, UNSURE, Judge, agreement, agreement_rates, load_judge, to_tensor
 from sdtune.evaluation.stats import Rate
 from sdtune.models.pretrain import all_concept_scenes
 
@@ -38,3 +38,19 @@ def test_agreement_rates_count_what_agreement_averages():
     assert {k: r.value for k, r in rates.items()} == agreement(predicted, scenes)
     with pytest.raises(ValueError, match="one scene per image"):
         agreement_rates(predicted, scenes[:2])
+
+
+def test_a_sure_judge_answers_unsure_exactly_where_its_probability_is_below_the_threshold(judge):
+    """`sure` 0 names the most probable value everywhere; `sure` p names it where its probability >= p, else "unsure"."""
+    images = torch.rand(48, 3, 64, 64)  # noise: the judge is unsure of much of it
+    confidence = judge.confidence(images)
+    everywhere = judge.predict(images)
+    sure = load_judge(sure=SURE).predict(images)
+    assert judge.sure == 0 and UNSURE not in sum(everywhere.values(), [])
+    for k in judge.attributes:
+        expected = [v if p >= SURE else UNSURE for v, p in zip(everywhere[k], confidence[k])]
+        assert sure[k] == expected, k
+    assert UNSURE in sum(sure.values(), []), "noise should leave the judge unsure somewhere: the test would prove nothing"
+    for bad in (1.0, -0.1, 2):
+        with pytest.raises(ValueError, match=r"sure=.*probability in \[0, 1\)"):
+            load_judge(sure=bad)

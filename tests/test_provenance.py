@@ -101,6 +101,35 @@ def test_every_study_takes_the_same_options_and_refuses_bad_seeds_before_work(tm
         with pytest.raises(SystemExit):
             study_setup(parser, args, min_seeds=3)
         assert message in capsys.readouterr().err and not (tmp_path / seeds).exists(), seeds
+    args = parser.parse_args(["--judge-sure", "1", "--work", str(tmp_path / "sure")])
+    with pytest.raises(SystemExit):
+        study_setup(parser, args)
+    assert "--judge-sure 1.0: give a probability in [0, 1)" in capsys.readouterr().err and not (tmp_path / "sure").exists()
+
+
+def test_a_work_folder_keeps_the_judge_threshold_its_outcomes_were_counted_with(tmp_path, capsys):
+    """Cached seed outcomes counted under one --judge-sure are never read back under another."""
+    parser = argparse.ArgumentParser()
+    study_arguments(parser, "x-study", tmp_path / "x.json")
+    work = tmp_path / "work"
+    threads = torch.get_num_threads()
+    try:
+        study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9"]))
+        assert json.loads((work / "judge_sure.json").read_text()) == 0.9
+        study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9"]))  # the same rule: reused
+        with pytest.raises(SystemExit):
+            study_setup(parser, parser.parse_args(["--work", str(work)]))
+        assert "judged with --judge-sure 0.9, not 0.0" in capsys.readouterr().err
+        old = tmp_path / "old"  # a folder from before the option: its outcomes named every value
+        (old / "seed0.json").parent.mkdir()
+        (old / "seed0.json").write_text("{}")
+        with pytest.raises(SystemExit):
+            study_setup(parser, parser.parse_args(["--work", str(old), "--judge-sure", "0.9"]))
+        assert "judged before --judge-sure existed" in capsys.readouterr().err
+        study_setup(parser, parser.parse_args(["--work", str(old)]))
+        assert json.loads((old / "judge_sure.json").read_text()) == 0.0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_seed_is_run_once_and_kept_whole(tmp_path):

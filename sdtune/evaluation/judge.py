@@ -22,6 +22,12 @@ from ..io import ASSETS
 from .stats import Rate
 
 JUDGE_DIR = ASSETS / "judge"
+UNSURE = "unsure"  # what the judge answers where it is not sure enough (see `Judge.sure`)
+# The judge's probability of the value it names, at or above which it counts as sure. Fixed on the images of the
+# judge-agreement study (benchmarks/judge_agreement.py, sampling seeds 7, 1007, 2007) after a person's audit found
+# that the judge and the pixel checker disagree on images with no nameable value (benchmarks/judge_audit.py), then
+# tested on fresh images (--seed-shift 50000).
+SURE = 0.9
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -31,10 +37,11 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class Judge(nn.Module):
     """Multi-head classifier: 64x64 RGB in [0, 1] -> logits per attribute."""
 
-    def __init__(self, attributes: dict[str, Sequence[str]] | None = None, width: int = 24) -> None:
+    def __init__(self, attributes: dict[str, Sequence[str]] | None = None, width: int = 24, sure: float = 0.0) -> None:
         super().__init__()
         self.attributes = {k: list(v) for k, v in (attributes or toyworld.ATTRIBUTES).items()}
         self.width = width
+        self.sure = check_sure(sure)  # `predict` names a value only where its probability is at least this
         w = width
         self.features = nn.Sequential(
             _block(3, w, 1),  # 64x64: edges, stripes and dots are fine detail
@@ -60,9 +67,13 @@ class Judge(nn.Module):
         return {k: torch.cat([c[k] for c in chunks]).softmax(dim=1) for k in self.attributes}
 
     def predict(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[str]]:
-        """Name each attribute of each image. `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
-        return {k: [self.attributes[k][i] for i in p.argmax(1).tolist()]
-                for k, p in self.probabilities(images, batch_size).items()}
+        """Name each attribute of each image: its most probable value, or "unsure" where that value's probability is
+        below `self.sure` (0, the default, names every value). `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
+        named = {}
+        for k, p in self.probabilities(images, batch_size).items():
+            best, index = p.max(1)
+            named[k] = [self.attributes[k][i] if q >= self.sure else UNSURE for q, i in zip(best.tolist(), index.tolist())]
+        return named
 
     def confidence(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[float]]:
         """How sure the judge is of each name it gives: the softmax probability of that value, per attribute and image."""
@@ -81,8 +92,18 @@ def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_judge(folder: str | Path = JUDGE_DIR) -> Judge:
-    """Load the shipped judge (or one saved with `Judge.save`)."""
+def check_sure(sure: float) -> float:
+    """`sure` is a probability below 1 (at 1 the judge would never name anything)."""
+    if not 0 <= sure < 1:
+        raise ValueError(f"sure={sure}: the judge's threshold is a probability in [0, 1): 0 names every value, "
+                         f"{SURE} names a value only where the judge is sure of it.")
+    return float(sure)
+
+
+def load_judge(folder: str | Path = JUDGE_DIR, sure: float = 0.0) -> Judge:
+    """Load the shipped judge (or one saved with `Judge.save`). With `sure` > 0 it answers "unsure" wherever its
+    probability of the value it would name is below `sure` (`SURE` is the threshold the course measured)."""
+    check_sure(sure)
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(
@@ -90,7 +111,7 @@ def load_judge(folder: str | Path = JUDGE_DIR) -> Judge:
             "reinstall sdtune or train one with `python -m sdtune.models.pretrain`."
         )
     config = json.loads((folder / "config.json").read_text())
-    judge = Judge(config["attributes"], config["width"])
+    judge = Judge(config["attributes"], config["width"], sure)
     judge.load_state_dict(load_file(str(folder / "model.safetensors")))
     return judge.eval()
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..io import ASSETS, staged_file, write_json
+from .judge import SURE
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout sdtune runs from (when it is one)
 TINY_SD = ASSETS / "tiny-sd"
@@ -168,16 +169,19 @@ def check_weights(results: dict) -> list[str]:
 
 def study_arguments(parser: argparse.ArgumentParser, name: str, results: str | os.PathLike, seeds: str = "0,1,2",
                     seeds_help: str = "training seeds", threads: int = 1) -> None:
-    """Add the options every study in benchmarks/ takes: --seeds, --threads, --work and --out."""
+    """Add the options every study in benchmarks/ takes: --seeds, --threads, --work, --out and --judge-sure."""
     parser.add_argument("--seeds", default=seeds, help=f"{seeds_help}, comma-separated (default {seeds})")
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / name),
                         help="data, trained runs and per-seed outcomes, kept so that a rerun adds only what is missing")
     parser.add_argument("--out", default=str(results), help="results file (JSON); a picture, if any, is written beside it")
+    parser.add_argument("--judge-sure", type=float, default=0.0,
+                        help="the judge names a value only where its probability is at least this, else \"unsure\" "
+                             f"(default 0: every value named; {SURE}: the threshold benchmarks/judge_agreement.py tested)")
 
 
 def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_seeds: int = 1) -> tuple[list[int], Path]:
-    """Check --seeds (distinct integers, at least `min_seeds`) and --threads, set torch's threads, make --work.
+    """Check --seeds (distinct integers, at least `min_seeds`), --threads and --judge-sure, set torch's threads, make --work.
 
     Returns (seeds, work). A bad value stops the script with one message naming the option, before any work."""
     try:
@@ -190,9 +194,19 @@ def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_s
         parser.error(f"--seeds {args.seeds}: this study needs at least {min_seeds} seeds (its differences are paired over seeds), e.g. 0,1,2")
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: give at least 1")
+    if not 0 <= args.judge_sure < 1:
+        parser.error(f"--judge-sure {args.judge_sure}: give a probability in [0, 1), e.g. {SURE} (0 names every value)")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
+    rule = work / "judge_sure.json"  # the cached outcomes in --work were judged with this threshold
+    if rule.is_file() and json.loads(rule.read_text()) != args.judge_sure:
+        parser.error(f"--work {work} holds outcomes judged with --judge-sure {json.loads(rule.read_text())}, not "
+                     f"{args.judge_sure}: give another --work (or the same --judge-sure) so that no two rules mix in one study")
+    if not rule.is_file() and work.is_dir() and any(work.iterdir()) and args.judge_sure:
+        parser.error(f"--work {work} holds outcomes judged before --judge-sure existed (every value named): "
+                     f"give another --work for --judge-sure {args.judge_sure}")
     work.mkdir(parents=True, exist_ok=True)
+    write_json(rule, args.judge_sure)
     return seeds, work
 
 
