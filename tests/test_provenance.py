@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdtune.evaluation import provenance
 from sdtune.evaluation.provenance import (
     JUDGE_WEIGHTS,
     TINY_SD,
@@ -26,7 +27,7 @@ def test_record_names_command_commit_machine_time_and_weights():
     rec = record("python benchmarks/x.py --seeds 3", weights=[TINY_SD, JUDGE_WEIGHTS])
     assert rec["command"] == "python benchmarks/x.py --seeds 3"
     assert rec["git"] is None or (len(rec["git"]["commit"]) == 40 and isinstance(rec["git"]["dirty"], bool))
-    assert {"platform", "cpus", "torch", "device"} <= set(rec["machine"])
+    assert {"platform", "cpus", "cpu_capability", "torch", "device"} <= set(rec["machine"])
     assert rec["time"].endswith("+00:00")
     assert "sdtune/assets/judge/model.safetensors" in rec["weights"]  # relative to the checkout
     assert "sdtune/assets/tiny-sd/unet/diffusion_pytorch_model.safetensors" in rec["weights"]  # a folder: its files
@@ -107,27 +108,32 @@ def test_every_study_takes_the_same_options_and_refuses_bad_seeds_before_work(tm
     assert "--judge-sure 1.0: give a probability in [0, 1)" in capsys.readouterr().err and not (tmp_path / "sure").exists()
 
 
-def test_a_work_folder_keeps_the_judge_threshold_its_outcomes_were_counted_with(tmp_path, capsys):
-    """Cached seed outcomes counted under one --judge-sure are never read back under another."""
+def test_a_work_folder_is_reused_only_by_the_code_and_options_that_made_it(tmp_path, capsys, monkeypatch):
+    """Cached outcomes are never read back under another --judge-sure, another study option or other code; a folder
+    with no record of what made it is refused too (its outcomes may come from any earlier version)."""
     parser = argparse.ArgumentParser()
     study_arguments(parser, "x-study", tmp_path / "x.json")
     work = tmp_path / "work"
     threads = torch.get_num_threads()
     try:
         study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9"]))
-        assert json.loads((work / "judge_sure.json").read_text()) == 0.9
-        study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9"]))  # the same rule: reused
+        made_by = json.loads((work / "made_by.json").read_text())
+        assert made_by["options"]["judge_sure"] == 0.9 and made_by["code"] == provenance.code_fingerprint()
+        study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9", "--seeds", "3,4,5"]))  # more seeds: reused
         with pytest.raises(SystemExit):
             study_setup(parser, parser.parse_args(["--work", str(work)]))
-        assert "judged with --judge-sure 0.9, not 0.0" in capsys.readouterr().err
-        old = tmp_path / "old"  # a folder from before the option: its outcomes named every value
-        (old / "seed0.json").parent.mkdir()
+        assert "computed with other options (--judge-sure 0.9)" in capsys.readouterr().err
+        monkeypatch.setattr(provenance, "code_fingerprint", lambda: "another version")
+        with pytest.raises(SystemExit):
+            study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9"]))
+        assert "other code (sdtune or this script changed since)" in capsys.readouterr().err
+        old = tmp_path / "old"  # a folder from before the record: its outcomes could be any version's
+        old.mkdir()
         (old / "seed0.json").write_text("{}")
         with pytest.raises(SystemExit):
-            study_setup(parser, parser.parse_args(["--work", str(old), "--judge-sure", "0.9"]))
-        assert "judged before --judge-sure existed" in capsys.readouterr().err
-        study_setup(parser, parser.parse_args(["--work", str(old)]))
-        assert json.loads((old / "judge_sure.json").read_text()) == 0.0
+            study_setup(parser, parser.parse_args(["--work", str(old)]))
+        assert "no record of the code and options that made them" in capsys.readouterr().err
+        assert sorted(p.name for p in old.iterdir()) == ["seed0.json"], "a refused folder is left as it was"
     finally:
         torch.set_num_threads(threads)
 

@@ -76,11 +76,15 @@ def _git(*args: str) -> str | None:
 
 
 def machine() -> dict:
-    """Where it ran: platform, Python, CPU count, torch and its threads, and the device."""
+    """Where it ran: platform, Python, CPU count and instruction set, torch and its threads, and the device.
+
+    The instruction set is the one torch's CPU kernels use (AVX2, AVX512, ...): kernels for different instruction
+    sets may add floats in another order, so it is what to compare first when a rerun differs in its last bits."""
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -173,7 +177,8 @@ def study_arguments(parser: argparse.ArgumentParser, name: str, results: str | o
     parser.add_argument("--seeds", default=seeds, help=f"{seeds_help}, comma-separated (default {seeds})")
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "sdtune" / name),
-                        help="data, trained runs and per-seed outcomes, kept so that a rerun adds only what is missing")
+                        help="data, trained runs and per-seed outcomes, kept so that a rerun adds only what is missing "
+                             "(a folder made by other code or options is refused)")
     parser.add_argument("--out", default=str(results), help="results file (JSON); a picture, if any, is written beside it")
     parser.add_argument("--judge-sure", type=float, default=0.0,
                         help="the judge names a value only where its probability is at least this, else \"unsure\" "
@@ -181,7 +186,8 @@ def study_arguments(parser: argparse.ArgumentParser, name: str, results: str | o
 
 
 def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_seeds: int = 1) -> tuple[list[int], Path]:
-    """Check --seeds (distinct integers, at least `min_seeds`), --threads and --judge-sure, set torch's threads, make --work.
+    """Check --seeds (distinct integers, at least `min_seeds`), --threads, --judge-sure and that --work was made by this
+    code with these options (`made_by.json`), set torch's threads, make --work.
 
     Returns (seeds, work). A bad value stops the script with one message naming the option, before any work."""
     try:
@@ -198,16 +204,35 @@ def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_s
         parser.error(f"--judge-sure {args.judge_sure}: give a probability in [0, 1), e.g. {SURE} (0 names every value)")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    rule = work / "judge_sure.json"  # the cached outcomes in --work were judged with this threshold
-    if rule.is_file() and json.loads(rule.read_text()) != args.judge_sure:
-        parser.error(f"--work {work} holds outcomes judged with --judge-sure {json.loads(rule.read_text())}, not "
-                     f"{args.judge_sure}: give another --work (or the same --judge-sure) so that no two rules mix in one study")
-    if not rule.is_file() and work.is_dir() and any(work.iterdir()) and args.judge_sure:
-        parser.error(f"--work {work} holds outcomes judged before --judge-sure existed (every value named): "
-                     f"give another --work for --judge-sure {args.judge_sure}")
+    made_by = {"code": code_fingerprint(), "options": {k: v for k, v in sorted(vars(args).items()) if k not in ("seeds", "work", "out")}}
+    record_file = work / "made_by.json"  # the code and options that computed the outcomes cached in --work
+    if record_file.is_file():
+        before = json.loads(record_file.read_text())
+        if before != made_by:
+            old_options = before["options"]
+            changed = [f"--{k.replace('_', '-')} {old_options.get(k)}" for k in made_by["options"] if old_options.get(k) != made_by["options"][k]]
+            what = f"other options ({', '.join(changed)})" if changed else "other code (sdtune or this script changed since)"
+            parser.error(f"--work {work} holds outcomes computed with {what}: give a fresh --work, so that no cached "
+                         f"outcome is counted under code or options that did not compute it")
+    elif work.is_dir() and any(work.iterdir()):
+        parser.error(f"--work {work} holds files but no record of the code and options that made them: give a fresh "
+                     f"--work (or empty this one), so that no stale outcome is counted")
     work.mkdir(parents=True, exist_ok=True)
-    write_json(rule, args.judge_sure)
+    write_json(record_file, made_by)
     return seeds, work
+
+
+def code_fingerprint() -> str:
+    """sha256 over the Python files of the sdtune package and of the running script: the code that computes a study's
+    outcomes. Any edit to either changes it, so a cache made by other code is never read as this code's."""
+    package = Path(__file__).resolve().parents[1]
+    script = Path(sys.argv[0]).resolve()
+    files = sorted(package.rglob("*.py")) + ([script] if script.suffix == ".py" and script.is_file() else [])
+    digest = hashlib.sha256()
+    for path in files:
+        name = path.relative_to(package.parent) if package in path.parents else Path(path.name)
+        digest.update(name.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def seed_pictures(work: Path, seed: int) -> Path:
