@@ -1,0 +1,95 @@
+"""What counting with the sure judge changes: each study's verdicts, every value named against only where sure.
+
+    python benchmarks/judge_rule_effect.py            # every study counted both ways
+    python benchmarks/judge_rule_effect.py --all      # also the verdicts whose figures alone moved
+
+The chapters read `benchmarks/results/<study>_cpu.json`, counted with the judge naming every value (its most probable
+one). `benchmarks/results/judge_sure/<study>_cpu.json` is the same study (same settings, same weights) run with
+`--judge-sure 0.9`: the judge names a value only where its probability is at least 0.9, and an "unsure" image counts
+as a miss. Where the training reproduces (the same code on a machine with the same arithmetic), the images are the
+same and only the counting differs; then no rate of "the judge names X" can rise. This script prints, per study, how
+many rates moved, how many rose (a sign the images themselves differ, not only the counting), and every verdict
+(a paired difference over training seeds: "A higher than B by ...", "not resolved ...") whose conclusion changed:
+resolved to not resolved, or the other way, or the direction. `--all` adds those whose figures alone moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Iterator
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def rates(node, path: str = "") -> Iterator[tuple[str, int, int]]:
+    """Every {k, n} rate in a results file, with where it sits."""
+    if isinstance(node, dict):
+        if isinstance(node.get("k"), int) and isinstance(node.get("n"), int):
+            yield path, node["k"], node["n"]
+            return
+        for key, value in node.items():
+            if key != "provenance":
+                yield from rates(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from rates(value, f"{path}[{i}]")
+
+
+def verdicts(node, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every "verdict" string in a results file (what a paired difference concludes), with where it sits."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "verdict" and isinstance(value, str):
+                yield path, value
+            else:
+                yield from verdicts(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from verdicts(value, f"{path}[{i}]")
+
+
+def conclusion(verdict: str) -> str:
+    """What a verdict concludes, without its figures: "higher", "lower" or "not resolved"."""
+    return "not resolved" if "not resolved" in verdict else "higher" if " higher than " in verdict else "lower"
+
+
+def compare(every: dict, sure: dict) -> dict:
+    """Rates moved and risen, and verdicts (before, after) that differ, between the two counts of one study."""
+    before, after = dict((p, (k, n)) for p, k, n in rates(every)), dict((p, (k, n)) for p, k, n in rates(sure))
+    shared = [p for p in before if p in after]
+    said, says = dict(verdicts(every)), dict(verdicts(sure))
+    return {"rates": len(shared),
+            "moved": sum(before[p] != after[p] for p in shared),
+            "rose": [p for p in shared if after[p][1] == before[p][1] and after[p][0] > before[p][0]],
+            "verdicts": len([p for p in said if p in says]),
+            "changed": [(said[p], says[p]) for p in said if p in says and said[p] != says[p]]}
+
+
+def concluded_otherwise(effect: dict) -> list[tuple[str, str]]:
+    """The changed verdicts whose conclusion differs, not only their figures."""
+    return [(was, now) for was, now in effect["changed"] if conclusion(was) != conclusion(now)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="also print the verdicts whose figures alone moved")
+    args = parser.parse_args()
+    counted = sorted((RESULTS / "judge_sure").glob("*_cpu.json"))
+    if not counted:
+        parser.error(f"no study counted with the sure judge in {RESULTS / 'judge_sure'}: run a study with --judge-sure 0.9 "
+                     f"--out {RESULTS / 'judge_sure'}/<study>_cpu.json first")
+    for path in counted:
+        every, sure = json.loads((RESULTS / path.name).read_text()), json.loads(path.read_text())
+        effect = compare(every, sure)
+        otherwise = concluded_otherwise(effect)
+        print(f"\n{path.stem}: {effect['moved']} of {effect['rates']} rates moved, {len(effect['rose'])} rose"
+              f"{' (the images differ: not the counting alone)' if effect['rose'] else ''}; of {effect['verdicts']} "
+              f"verdicts, {len(otherwise)} concluded otherwise and {len(effect['changed']) - len(otherwise)} moved in figures only")
+        for was, now in effect["changed"] if args.all else otherwise:
+            print(f"  every value named: {was}\n  only where sure:   {now}")
+
+
+if __name__ == "__main__":
+    main()
