@@ -179,26 +179,29 @@ def disagreement_grid(rows: list[tuple[Image.Image, str, dict, dict]], path: Pat
 
 def measure(sources: list[Source], judge) -> tuple[dict, list]:
     """Agreement judge vs checker per attribute, overall and per source: over every image ("unsure" counts as a
-    disagreement) and over the images the checker decided; the unsure counts; and the disagreements."""
+    disagreement), over the images the checker decided, and where the judge is sure; the unsure counts; and the
+    disagreements."""
     per_source, disagreements = {}, []
-    judged_all, checked_all = {k: [] for k in ATTRIBUTES}, {k: [] for k in ATTRIBUTES}
+    judged_all, checked_all, confidence_all = ({k: [] for k in ATTRIBUTES} for _ in range(3))
     for s in sources:
         judged = judge.predict(s.images)
         checked = checker.check_all(s.images)
+        confidence = judge.confidence(s.images)
         per_source[s.name] = agreement(judged, checked) | {
             "images": len(s.images),
+            "where_sure": where_sure(judged, checked, confidence),
             "judge_vs_prompt": {k: Rate.of(j == getattr(sc, k) for j, sc in zip(judged[k], s.scenes)) for k in ATTRIBUTES},
             "checker_vs_prompt": {k: Rate.of(c == getattr(sc, k) for c, sc in zip(checked[k], s.scenes)) for k in ATTRIBUTES},
         }
         for k in ATTRIBUTES:
             judged_all[k] += judged[k]
             checked_all[k] += checked[k]
+            confidence_all[k] += confidence[k]
         for i, image in enumerate(s.images):
             if any(judged[k][i] != checked[k][i] for k in ATTRIBUTES):
                 disagreements.append((image, s.name, {k: judged[k][i] for k in ATTRIBUTES}, {k: checked[k][i] for k in ATTRIBUTES}))
-    confidence = judge.confidence([im for s in sources for im in s.images])
     return agreement(judged_all, checked_all) | {"per_source": per_source,
-                                                 "where_sure": where_sure(judged_all, checked_all, confidence)}, disagreements
+                                                 "where_sure": where_sure(judged_all, checked_all, confidence_all)}, disagreements
 
 
 def where_sure(judged: dict[str, list[str]], checked: dict[str, list[str]], confidence: dict[str, list[float]],

@@ -11,6 +11,7 @@ import torch
 import sdtune
 from sdtune.data import toyworld
 from sdtune.evaluation import checker
+from sdtune.evaluation.judge import UNSURE
 from sdtune.evaluation.provenance import check_weights
 from sdtune.evaluation.stats import Rate
 from sdtune.models.pretrain import all_concept_scenes, round_trip
@@ -58,6 +59,24 @@ def test_agreement_on_base_prompts_matches_the_study(validation, judge):
         fresh = Rate.of(j == c for j, c in zip(judged[k], checked[k]))
         low, high = fresh.interval
         assert low <= logged[k]["rate"] <= high, f"{k}: now {fresh}, the study logged {logged[k]['rate']:.3f}"
+
+
+def test_agreement_where_the_judge_is_sure_matches_the_study(judge):
+    """The bar's figure: on the study's first base-prompt images (sampling seed 7) drawn again, the judge sure
+    (probability >= SURE) on about as many images as logged for that source, and agreeing with the checker on the
+    ones it decided about as often."""
+    logged = json.loads(RESULTS.read_text())["per_source"]["base prompts"]["where_sure"]
+    pipe = sdtune.load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    images = sdtune.sample(pipe, [toyworld.caption(s) for s in toyworld.base_prompts()], seed=7)
+    sure_judge = sdtune.load_judge(sure=logged["threshold"])
+    judged, checked = sure_judge.predict(images), checker.check_all(images)
+    for k in toyworld.ATTRIBUTES:
+        sure = Rate.of(j != UNSURE for j in judged[k])
+        agree = Rate.of(j == c for j, c in zip(judged[k], checked[k]) if j != UNSURE and c != checker.UNSURE)
+        for fresh, name in ((sure, "sure"), (agree, "agreement_decided")):
+            low, high = fresh.interval
+            assert low <= logged[k][name]["rate"] <= high, f"{k} {name}: now {fresh}, the study logged {logged[k][name]['rate']:.3f}"
 
 
 def test_checker_names_a_plain_scene_and_is_unsure_of_nothing():
