@@ -103,7 +103,6 @@ def check_sure(sure: float) -> float:
 def load_judge(folder: str | Path = JUDGE_DIR, sure: float = 0.0) -> Judge:
     """Load the shipped judge (or one saved with `Judge.save`). With `sure` > 0 it answers "unsure" wherever its
     probability of the value it would name is below `sure` (`SURE` is the threshold the course measured)."""
-    check_sure(sure)
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(
