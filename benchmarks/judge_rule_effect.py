@@ -6,9 +6,10 @@
 The chapters read `benchmarks/results/<study>_cpu.json`, counted with the judge naming every value (its most probable
 one). `benchmarks/results/judge_sure/<study>_cpu.json` is the same study (same settings, same weights) run with
 `--judge-sure 0.9`: the judge names a value only where its probability is at least 0.9, and an "unsure" image counts
-as a miss. Where the training reproduces (the same code on a machine with the same arithmetic), the images are the
-same and only the counting differs; then no rate of "the judge names X" can rise. This script prints, per study, how
-many rates moved, how many rose (a sign the images themselves differ, not only the counting), and every verdict
+as a miss. Where the training reproduces, the images are the same and only the counting differs; then no count of
+what the judge names ("the judge sees the style") can rise, while a count of its agreement with the pixel checker can
+(both may now say "not there"). This script prints, per study, how many rates moved, which rose (where one is a count
+of what the judge names, the images themselves differ between the two runs), and every verdict
 (a paired difference over training seeds: "A higher than B by ...", "not resolved ...") whose conclusion changed:
 resolved to not resolved, or the other way, or the direction. `--all` adds those whose figures alone moved.
 """
@@ -84,9 +85,11 @@ def main() -> None:
         every, sure = json.loads((RESULTS / path.name).read_text()), json.loads(path.read_text())
         effect = compare(every, sure)
         otherwise = concluded_otherwise(effect)
-        print(f"\n{path.stem}: {effect['moved']} of {effect['rates']} rates moved, {len(effect['rose'])} rose"
-              f"{' (the images differ: not the counting alone)' if effect['rose'] else ''}; of {effect['verdicts']} "
-              f"verdicts, {len(otherwise)} concluded otherwise and {len(effect['changed']) - len(otherwise)} moved in figures only")
+        print(f"\n{path.stem}: {effect['moved']} of {effect['rates']} rates moved, {len(effect['rose'])} rose; of "
+              f"{effect['verdicts']} verdicts, {len(otherwise)} concluded otherwise and "
+              f"{len(effect['changed']) - len(otherwise)} moved in figures only")
+        for where in effect["rose"][:6]:
+            print(f"  rose: {where}")
         for was, now in effect["changed"] if args.all else otherwise:
             print(f"  every value named: {was}\n  only where sure:   {now}")
 
