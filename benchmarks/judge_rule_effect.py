@@ -24,31 +24,27 @@ from typing import Iterator
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def rates(node, path: str = "") -> Iterator[tuple[str, int, int]]:
-    """Every {k, n} rate in a results file, with where it sits."""
+def walk(node, path: str = "") -> Iterator[tuple[str, object]]:
+    """Every value in a results file but its provenance, with where it sits, depth first."""
+    yield path, node
     if isinstance(node, dict):
-        if isinstance(node.get("k"), int) and isinstance(node.get("n"), int):
-            yield path, node["k"], node["n"]
-            return
         for key, value in node.items():
             if key != "provenance":
-                yield from rates(value, f"{path}/{key}")
+                yield from walk(value, f"{path}/{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from rates(value, f"{path}[{i}]")
+            yield from walk(value, f"{path}[{i}]")
 
 
-def verdicts(node, path: str = "") -> Iterator[tuple[str, str]]:
-    """Every "verdict" string in a results file (what a paired difference concludes), with where it sits."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "verdict" and isinstance(value, str):
-                yield path, value
-            else:
-                yield from verdicts(value, f"{path}/{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from verdicts(value, f"{path}[{i}]")
+def rates(results: dict) -> dict[str, tuple[int, int]]:
+    """Every {k, n} rate in a results file, by where it sits."""
+    return {path: (node["k"], node["n"]) for path, node in walk(results)
+            if isinstance(node, dict) and isinstance(node.get("k"), int) and isinstance(node.get("n"), int)}
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    """Every "verdict" string in a results file (what a paired difference concludes), by where it sits."""
+    return {path: node for path, node in walk(results) if path.endswith("/verdict") and isinstance(node, str)}
 
 
 def conclusion(verdict: str) -> str:
@@ -58,9 +54,9 @@ def conclusion(verdict: str) -> str:
 
 def compare(every: dict, sure: dict) -> dict:
     """Rates moved and risen, and verdicts (before, after) that differ, between the two counts of one study."""
-    before, after = dict((p, (k, n)) for p, k, n in rates(every)), dict((p, (k, n)) for p, k, n in rates(sure))
+    before, after = rates(every), rates(sure)
     shared = [p for p in before if p in after]
-    said, says = dict(verdicts(every)), dict(verdicts(sure))
+    said, says = verdicts(every), verdicts(sure)
     return {"rates": len(shared),
             "moved": sum(before[p] != after[p] for p in shared),
             "rose": [p for p in shared if after[p][1] == before[p][1] and after[p][0] > before[p][0]],

@@ -48,29 +48,31 @@ def test_checker_matches_its_logged_validation(validation, kind):
         assert validation[kind][k]["rate"] >= BARS[k], f"{kind}, {k}: the logged accuracy is below {BARS[k]:.0%}"
 
 
-def test_agreement_on_base_prompts_matches_the_study(validation, judge):
-    """The study's first base-prompt images (sampling seed 7) drawn again: judge and checker agree as logged."""
-    logged = json.loads(RESULTS.read_text())["per_source"]["base prompts"]["agreement"]
+@pytest.fixture(scope="module")
+def study_images():
+    """The study's first base-prompt images (sampling seed 7), drawn again."""
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
-    images = sdtune.sample(pipe, [toyworld.caption(s) for s in toyworld.base_prompts()], seed=7)
-    judged, checked = judge.predict(images), checker.check_all(images)
+    return sdtune.sample(pipe, [toyworld.caption(s) for s in toyworld.base_prompts()], seed=7)
+
+
+def test_agreement_on_base_prompts_matches_the_study(validation, judge, study_images):
+    """The study's first base-prompt images (sampling seed 7) drawn again: judge and checker agree as logged."""
+    logged = json.loads(RESULTS.read_text())["per_source"]["base prompts"]["agreement"]
+    judged, checked = judge.predict(study_images), checker.check_all(study_images)
     for k in toyworld.ATTRIBUTES:
         fresh = Rate.of(j == c for j, c in zip(judged[k], checked[k]))
         low, high = fresh.interval
         assert low <= logged[k]["rate"] <= high, f"{k}: now {fresh}, the study logged {logged[k]['rate']:.3f}"
 
 
-def test_agreement_where_the_judge_is_sure_matches_the_study(judge):
+def test_agreement_where_the_judge_is_sure_matches_the_study(study_images):
     """The bar's figure: on the study's first base-prompt images (sampling seed 7) drawn again, the judge sure
     (probability >= SURE) on about as many images as logged for that source, and agreeing with the checker on the
     ones it decided about as often."""
     logged = json.loads(RESULTS.read_text())["per_source"]["base prompts"]["where_sure"]
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    images = sdtune.sample(pipe, [toyworld.caption(s) for s in toyworld.base_prompts()], seed=7)
     sure_judge = sdtune.load_judge(sure=logged["threshold"])
-    judged, checked = sure_judge.predict(images), checker.check_all(images)
+    judged, checked = sure_judge.predict(study_images), checker.check_all(study_images)
     for k in toyworld.ATTRIBUTES:
         sure = Rate.of(j != UNSURE for j in judged[k])
         agree = Rate.of(j == c for j, c in zip(judged[k], checked[k]) if j != UNSURE and c != checker.UNSURE)
