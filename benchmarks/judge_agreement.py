@@ -271,8 +271,10 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     judge_dir = Path(args.judge)
-    judge = load_judge(judge_dir)  # a bad --judge (or --compare) fails here, before any work
-    other = load_judge(args.compare) if args.compare else None
+    # a bad --judge (or --compare) fails here, before any work. Both name every value: the agreement counts every
+    # image, and where_sure applies the threshold to the judge's confidence itself
+    judge = load_judge(judge_dir, sure=0.0)
+    other = load_judge(args.compare, sure=0.0) if args.compare else None
     torch.set_num_threads(args.threads)
     start = time.time()
     pipe = sdtune.load_pipeline("tiny")

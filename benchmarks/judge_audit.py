@@ -169,7 +169,7 @@ def main() -> None:
     elif (Path(args.sheets) / "labels_template.tsv").exists():
         parser.error(f"--sheets {args.sheets} already holds a labels template (perhaps half filled in): name a new folder.")
     images = Path(args.images)
-    judge = load_judge(JUDGE_DIR)
+    judge = load_judge(JUDGE_DIR, sure=0.0)  # names every value: the audit asks where a name was right
     if images.is_file():
         sources = load_images(images)
     else:

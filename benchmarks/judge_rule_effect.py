@@ -1,17 +1,18 @@
-"""What counting with the sure judge changes: each study's verdicts, every value named against only where sure.
+"""What counting with the sure judge changed: each study's verdicts, every value named against only where sure.
 
     python benchmarks/judge_rule_effect.py            # every study counted both ways
     python benchmarks/judge_rule_effect.py --all      # also the verdicts whose figures alone moved
 
-The chapters read `benchmarks/results/<study>_cpu.json`, counted with the judge naming every value (its most probable
-one). `benchmarks/results/judge_sure/<study>_cpu.json` is the same study (same settings, same weights) run with
-`--judge-sure 0.9`: the judge names a value only where its probability is at least 0.9, and an "unsure" image counts
-as a miss. Where the training reproduces, the images are the same and only the counting differs; then no count of
-what the judge names ("the judge sees the style") can rise, while a count of its agreement with the pixel checker can
-(both may now say "not there"). This script prints, per study, how many rates moved, which rose (where one is a count
-of what the judge names, the images themselves differ between the two runs), and every verdict
-(a paired difference over training seeds: "A higher than B by ...", "not resolved ...") whose conclusion changed:
-resolved to not resolved, or the other way, or the direction. `--all` adds those whose figures alone moved.
+The chapters read `benchmarks/results/<study>_cpu.json`, counted with the sure judge (`sdtune.load_judge()`): it names
+a value only where its probability is at least 0.9 (`SURE`), and an "unsure" image counts as a miss.
+`benchmarks/results/every_value/<study>_cpu.json` is the same study (same settings, same weights) as counted before
+that rule, with the judge naming every value (its most probable one; `--judge-sure 0`). Where the training reproduces,
+the images are the same and only the counting differs; then no count of what the judge names ("the judge sees the
+style") can rise under the sure rule, while a count of its agreement with the pixel checker can (both may now say "not
+there"). This script prints, per study, how many rates moved, which rose (where one is a count of what the judge
+names, the images themselves differ between the two runs), and every verdict (a paired difference over training
+seeds: "A higher than B by ...", "not resolved ...") whose conclusion changed: resolved to not resolved, or the other
+way, or the direction. `--all` adds those whose figures alone moved.
 """
 
 from __future__ import annotations
@@ -73,12 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="also print the verdicts whose figures alone moved")
     args = parser.parse_args()
-    counted = sorted((RESULTS / "judge_sure").glob("*_cpu.json"))
+    counted = sorted((RESULTS / "every_value").glob("*_cpu.json"))
     if not counted:
-        parser.error(f"no study counted with the sure judge in {RESULTS / 'judge_sure'}: run a study with --judge-sure 0.9 "
-                     f"--out {RESULTS / 'judge_sure'}/<study>_cpu.json first")
+        parser.error(f"no study counted with every value named in {RESULTS / 'every_value'}: run a study with "
+                     f"--judge-sure 0 --out {RESULTS / 'every_value'}/<study>_cpu.json first")
     for path in counted:
-        every, sure = json.loads((RESULTS / path.name).read_text()), json.loads(path.read_text())
+        every, sure = json.loads(path.read_text()), json.loads((RESULTS / path.name).read_text())
         effect = compare(every, sure)
         otherwise = concluded_otherwise(effect)
         print(f"\n{path.stem}: {effect['moved']} of {effect['rates']} rates moved, {len(effect['rose'])} rose; of "

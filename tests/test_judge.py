@@ -41,12 +41,13 @@ def test_agreement_rates_count_what_agreement_averages():
 
 
 def test_a_sure_judge_answers_unsure_exactly_where_its_probability_is_below_the_threshold(judge):
-    """`sure` 0 names the most probable value everywhere; `sure` p names it where its probability >= p, else "unsure"."""
+    """`sure` 0 names the most probable value everywhere; `sure` p names it where its probability >= p, else "unsure".
+    The course's judge (`load_judge()`) is the sure one."""
     images = torch.rand(48, 3, 64, 64)  # noise: the judge is unsure of much of it
     confidence = judge.confidence(images)
-    everywhere = judge.predict(images)
-    sure = load_judge(sure=SURE).predict(images)
-    assert judge.sure == 0 and UNSURE not in sum(everywhere.values(), [])
+    everywhere = load_judge(sure=0).predict(images)
+    sure = judge.predict(images)
+    assert judge.sure == SURE and UNSURE not in sum(everywhere.values(), [])
     for k in judge.attributes:
         expected = [v if p >= SURE else UNSURE for v, p in zip(everywhere[k], confidence[k])]
         assert sure[k] == expected, k

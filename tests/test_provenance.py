@@ -116,12 +116,12 @@ def test_a_work_folder_is_reused_only_by_the_code_and_options_that_made_it(tmp_p
     work = tmp_path / "work"
     threads = torch.get_num_threads()
     try:
-        study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9"]))
+        study_setup(parser, parser.parse_args(["--work", str(work)]))  # the default: the sure judge
         made_by = json.loads((work / "made_by.json").read_text())
         assert made_by["options"]["judge_sure"] == 0.9 and made_by["code"] == provenance.code_fingerprint()
         study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0.9", "--seeds", "3,4,5"]))  # more seeds: reused
         with pytest.raises(SystemExit):
-            study_setup(parser, parser.parse_args(["--work", str(work)]))
+            study_setup(parser, parser.parse_args(["--work", str(work), "--judge-sure", "0"]))
         assert "computed with other options (--judge-sure 0.9)" in capsys.readouterr().err
         monkeypatch.setattr(provenance, "code_fingerprint", lambda: "another version")
         with pytest.raises(SystemExit):

@@ -68,7 +68,7 @@ class Judge(nn.Module):
 
     def predict(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[str]]:
         """Name each attribute of each image: its most probable value, or "unsure" where that value's probability is
-        below `self.sure` (0, the default, names every value). `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
+        below `self.sure` (0 names every value). `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
         named = {}
         for k, p in self.probabilities(images, batch_size).items():
             best, index = p.max(1)
@@ -100,9 +100,9 @@ def check_sure(sure: float) -> float:
     return float(sure)
 
 
-def load_judge(folder: str | Path = JUDGE_DIR, sure: float = 0.0) -> Judge:
-    """Load the shipped judge (or one saved with `Judge.save`). With `sure` > 0 it answers "unsure" wherever its
-    probability of the value it would name is below `sure` (`SURE` is the threshold the course measured)."""
+def load_judge(folder: str | Path = JUDGE_DIR, sure: float = SURE) -> Judge:
+    """Load the shipped judge (or one saved with `Judge.save`). It answers "unsure" wherever its probability of the
+    value it would name is below `sure`: `SURE`, the threshold the course measured, by default; 0 names every value."""
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(

@@ -180,9 +180,9 @@ def study_arguments(parser: argparse.ArgumentParser, name: str, results: str | o
                         help="data, trained runs and per-seed outcomes, kept so that a rerun adds only what is missing "
                              "(a folder made by other code or options is refused)")
     parser.add_argument("--out", default=str(results), help="results file (JSON); a picture, if any, is written beside it")
-    parser.add_argument("--judge-sure", type=float, default=0.0,
+    parser.add_argument("--judge-sure", type=float, default=SURE,
                         help="the judge names a value only where its probability is at least this, else \"unsure\" "
-                             f"(default 0: every value named; {SURE}: the threshold benchmarks/judge_agreement.py tested)")
+                             f"(default {SURE}: the threshold benchmarks/judge_agreement.py tested; 0 names every value)")
 
 
 def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_seeds: int = 1) -> tuple[list[int], Path]:

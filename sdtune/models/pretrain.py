@@ -438,10 +438,10 @@ def judge_and_vae(cfg: PretrainConfig, out: Path, log: dict) -> tuple[Judge, Aut
         earlier = json.loads((previous / "pretrain_log.json").read_text())
         log.update(judge=earlier["judge"], vae=earlier["vae"], continued_from=earlier)
         vae = AutoencoderKL.from_pretrained(Path(cfg.unet_init) / "vae", dtype=torch.float32)
-        return load_judge(previous / "judge"), vae
+        return load_judge(previous / "judge", sure=0.0), vae  # pretraining measures with every value named
     stages = out / "stages"  # finished stages, reused by --resume-stages; deleted when the run completes
     if cfg.resume_stages and (stages / "judge_log.json").is_file():
-        judge = load_judge(out / "judge")
+        judge = load_judge(out / "judge", sure=0.0)  # as train_judge returns it: every value named
         log["judge"] = json.loads((stages / "judge_log.json").read_text())
     else:
         judge = train_judge(cfg, log, cfg.judge_steps, cfg.seed)

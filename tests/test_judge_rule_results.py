@@ -1,6 +1,6 @@
-"""The studies counted again with the sure judge (`benchmarks/results/judge_sure/`): each file is the same study as the
-one the chapters read (the same settings, the same shipped weights), run from a clean checkout with --judge-sure at
-the threshold the judge-agreement study tested, and says so itself."""
+"""The chapters' study files are counted with the sure judge, and `benchmarks/results/every_value/` keeps the same
+studies as counted before that rule (every value named), so that benchmarks/judge_rule_effect.py can show what the
+rule changed: each pair is the same study (the same settings, the same shipped weights)."""
 
 import json
 
@@ -12,24 +12,25 @@ from sdtune.evaluation.judge import SURE
 from sdtune.evaluation.provenance import REPO, check_weights
 
 RESULTS = REPO / "benchmarks" / "results"
-SURE_RESULTS = sorted((RESULTS / "judge_sure").glob("*.json"))
+EVERY_VALUE = sorted((RESULTS / "every_value").glob("*.json"))
 
 
-@pytest.mark.parametrize("path", SURE_RESULTS, ids=[p.stem for p in SURE_RESULTS])
-def test_a_sure_count_is_the_same_study_counted_with_the_sure_judge(path):
-    counted = json.loads(path.read_text())
-    every = json.loads((RESULTS / path.name).read_text())  # the file the chapters read: every value named
+@pytest.mark.parametrize("path", EVERY_VALUE, ids=[p.stem for p in EVERY_VALUE])
+def test_the_chapters_count_with_the_sure_judge_what_every_value_counted_before(path):
+    every = json.loads(path.read_text())
+    counted = json.loads((RESULTS / path.name).read_text())  # the file the chapters read: counted with the sure judge
     provenance = counted["provenance"]
     assert counted["judge_sure"] == SURE and f"--judge-sure {SURE}" in provenance["command"]
     assert provenance["git"] and not provenance["git"]["dirty"], "run it from a clean checkout, so that its commit says what ran"
     assert check_weights(counted) == [], f"{path.name} measured other weights: rerun its command"
-    assert counted["settings"] == every["settings"], f"{path.name}: not the same study as {RESULTS / path.name}"
+    assert counted["settings"] == every["settings"], f"{path}: not the same study as {RESULTS / path.name}"
+    assert check_weights(every) == [], f"{path} measured other weights than the chapters' file"
     assert every.get("judge_sure", 0) == 0
 
 
 def test_there_is_something_to_check():
     """A folder emptied by mistake must not pass the check above vacuously."""
-    assert len(SURE_RESULTS) >= 3
+    assert len(EVERY_VALUE) >= 3
 
 
 def test_the_rule_effect_tells_a_changed_conclusion_from_moved_figures_and_a_rise_from_a_drop():
