@@ -1,4 +1,5 @@
-"""The shipped toy LoRAs: each shows its concept, and the LCM-LoRA draws in 2 steps what DDIM cannot (measured again)."""
+"""The shipped toy LoRAs: each shows its concept, and the LCM-LoRA draws in 2 steps what DDIM cannot; every figure of
+their log (`sdtune/assets/loras/toy_loras.json`) measured again on the same prompts and compared within a tolerance."""
 
 import json
 
@@ -8,10 +9,16 @@ from diffusers import LCMScheduler
 import sdtune
 from sdtune.formats import load_adapter
 from sdtune.formats.adapters import remove_adapter
+from sdtune.evaluation.judge import SURE
+from sdtune.evaluation.provenance import check_weights
 from sdtune.io import ASSETS
 from sdtune.models.toy_loras import CONCEPTS, lcm_accuracy, presence
 
 LORAS = ASSETS / "loras"
+LOG = json.loads((LORAS / "toy_loras.json").read_text())
+# Sampling on another machine or thread count may turn a borderline image; one image of the log's 24 prompts moves a
+# rate by 4 points. Allowed: two images.
+TOLERANCE = 2 / 24 + 1e-9
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +28,26 @@ def shipped():
     return pipe
 
 
-def test_the_log_records_every_lora_and_its_files_exist():
-    log = json.loads((LORAS / "toy_loras.json").read_text())
-    assert set(log) == set(CONCEPTS) | {"lcm"}
-    assert all((LORAS / f"{name}.safetensors").is_file() for name in log)
+def test_the_log_records_every_lora_its_files_and_how_they_were_measured():
+    assert set(LOG) == set(CONCEPTS) | {"lcm", "measured"}
+    assert all((LORAS / f"{name}.safetensors").is_file() for name in set(LOG) - {"measured"})
+    assert LOG["measured"]["judge_sure"] == SURE, "measured with another judge than the course's: rerun with --measure"
+    assert check_weights(LOG["measured"]) == [], "the log measured other files: rerun python -m sdtune.models.toy_loras --measure"
 
 
 @pytest.mark.parametrize("name", sorted(CONCEPTS))
 def test_each_concept_lora_shows_its_concept(shipped, judge, name):
     attribute, value, _ = CONCEPTS[name]
-    logged = json.loads((LORAS / "toy_loras.json").read_text())[name]["presence_with_lora"]
+    base = presence(shipped, judge, attribute, value)  # the log's 24 held-out prompts
     load_adapter(shipped, LORAS / f"{name}.safetensors", name)
     try:
-        measured = presence(shipped, judge, attribute, value, seed=200)  # fresh prompts
+        measured = presence(shipped, judge, attribute, value)
     finally:
         remove_adapter(shipped, name)
-    assert measured >= min(0.4, logged - 0.2), f"{name}: {measured:.0%} (log: {logged:.0%})"
+    logged = LOG[name]
+    assert abs(measured - logged["presence_with_lora"]) <= TOLERANCE, f"{name}: {measured:.0%} (log: {logged['presence_with_lora']:.0%})"
+    assert abs(base - logged["presence_base"]) <= TOLERANCE, f"{name} without it: {base:.0%} (log: {logged['presence_base']:.0%})"
+    assert measured > base, f"{name}: the LoRA does not show its concept more often than the base model"
 
 
 def test_lcm_lora_draws_in_two_steps(shipped, judge):
@@ -49,6 +60,7 @@ def test_lcm_lora_draws_in_two_steps(shipped, judge):
     finally:
         remove_adapter(shipped, "lcm")
         shipped.scheduler = ddim
+    for measured, logged in ((with_lcm, LOG["lcm"]["lcm_with"]["2"]), (without, LOG["lcm"]["ddim_without"]["2"])):
+        assert all(abs(measured[k] - logged[k]) <= TOLERANCE for k in logged), (measured, logged)
     mean = lambda scores: sum(scores.values()) / len(scores)  # noqa: E731
     assert mean(with_lcm) >= mean(without) + 0.3, (with_lcm, without)
-    assert mean(with_lcm) >= 0.75, with_lcm  # the log: 0.83 (71 / 88 / 92%) on these 24 prompts
