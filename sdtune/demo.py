@@ -7,8 +7,10 @@
    LoRA on the attention, MLP and convolution layers, batch 32, low-noise timesteps), the recipe
    `benchmarks/defaults_study.py` measured over several training seeds;
 4. sample the same prompts with the same seed, now with the LoRA, at the guidance the recipe was measured at,
-   and measure again: the judge should see the dots in at least 80% of the images while the shape and the
-   colour stay right in at least 85% (k of n, with 95% Wilson intervals).
+   and measure again (k of n, with 95% Wilson intervals) against the bar the recipe was tuned for: the dots in at
+   least 80% of the images while the shape and the colour stay right in at least 85%. Counted with the course's
+   judge, which names a value only where it is sure, the defaults study puts the recipe short of that bar on shape
+   (style 76%, shape 77%, colour 92% over three training seeds), so the demo says whether this run met it.
 """
 
 from __future__ import annotations
