@@ -56,10 +56,10 @@ def study_images():
     return sdtune.sample(pipe, [toyworld.caption(s) for s in toyworld.base_prompts()], seed=7)
 
 
-def test_agreement_on_base_prompts_matches_the_study(validation, judge, study_images):
+def test_agreement_on_base_prompts_matches_the_study(validation, guessing_judge, study_images):
     """The study's first base-prompt images (sampling seed 7) drawn again: judge and checker agree as logged."""
     logged = json.loads(RESULTS.read_text())["per_source"]["base prompts"]["agreement"]
-    judged, checked = judge.predict(study_images), checker.check_all(study_images)
+    judged, checked = guessing_judge.predict(study_images), checker.check_all(study_images)
     for k in toyworld.ATTRIBUTES:
         fresh = Rate.of(j == c for j, c in zip(judged[k], checked[k]))
         low, high = fresh.interval

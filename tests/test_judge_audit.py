@@ -91,13 +91,13 @@ def test_committed_results_are_the_committed_labels_counted(committed):
                 assert (value.k, value.n) == (logged["k"], logged["n"]) if hasattr(value, "k") else value == logged, (kind, k, what)
 
 
-def test_audited_verdicts_are_reproduced(committed, judge):
+def test_audited_verdicts_are_reproduced(committed, guessing_judge):
     """The study's first 72 images (the base prompts at sampling seed 7) drawn again: the judge and the checker give
     the audited items the verdicts the results file records."""
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     images = sdtune.sample(pipe, [toyworld.caption(s) for s in toyworld.base_prompts()], seed=7)
-    judged, checked = judge.predict(images), checker.check_all(images)
+    judged, checked = guessing_judge.predict(images), checker.check_all(images)
     here = [it for it in committed["items"] if it["image"] < len(images)]
     assert len(here) >= 30
     same = [judged[it["attribute"]][it["image"]] == it["judge"] and checked[it["attribute"]][it["image"]] == it["checker"]

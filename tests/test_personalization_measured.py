@@ -1,6 +1,7 @@
-"""Measured on the shipped tiny model: a star taught as "sks diamond" from five images. The orderings that hold
-with wide margins across seeds: prior preservation keeps the class word "diamond" a diamond, and DreamBooth draws
-the subject where Textual Inversion, which cannot change what the frozen model can draw, does not."""
+"""Measured on the shipped tiny model: a star taught as "sks diamond" from five images. Prior preservation keeps the
+class word "diamond" a diamond, and Textual Inversion, which cannot change what the frozen model can draw, draws no
+star (chapter 07's study: 0/54). Whether DreamBooth draws the star more often than Textual Inversion is not asserted:
+chapter 09's study, counted with the course's sure judge, does not resolve it at its budget (+7 points [-0.6, 14])."""
 
 import pytest
 from diffusers import StableDiffusionPipeline
@@ -25,7 +26,7 @@ def subject(tmp_path_factory):
     return folders
 
 
-def test_prior_preservation_keeps_the_class_and_dreambooth_draws_what_textual_inversion_cannot(subject, judge, tmp_path, monkeypatch):
+def test_prior_preservation_keeps_the_class_and_textual_inversion_draws_no_star(subject, judge, tmp_path, monkeypatch):
     monkeypatch.setenv("SDTUNE_CACHE", str(tmp_path / "cache"))
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
@@ -44,4 +45,4 @@ def test_prior_preservation_keeps_the_class_and_dreambooth_draws_what_textual_in
     remove_embedding(pipe, "<sks>")
     print(scores)
     assert scores["prior"]["class kept"] >= scores["no prior"]["class kept"] + 0.2, scores
-    assert scores["no prior"]["fidelity"] >= scores["ti"]["fidelity"] + 0.2, scores
+    assert scores["ti"]["fidelity"] == 0, scores

@@ -68,12 +68,12 @@ def _images(scenes):
     return to_tensor([toyworld.render(s) for s in scenes])
 
 
-def test_judge_names_every_attribute_of_fresh_images(judge):
+def test_judge_names_every_attribute_of_fresh_images(guessing_judge):
     log = tied(JUDGE_LOG)
     assert tied(SHIPPED_LOG)["judge"] == {k: v for k, v in log.items() if k != "provenance"}
     n_log = 3 * PretrainConfig().eval_images  # pretrain.train_judge: eval_images x 3 fresh scenes
     scenes = all_concept_scenes(400, seed=12345)
-    measured = agreement_rates(judge.predict(_images(scenes)), scenes)
+    measured = agreement_rates(guessing_judge.predict(_images(scenes)), scenes)
     assert consistent(measured, log["accuracy_fresh_images"], n_log) == {}, (measured, log["accuracy_fresh_images"])
 
 
@@ -89,7 +89,7 @@ def psnr_consistent(per_image: np.ndarray, logged_mean: float) -> bool:
     return abs(float(per_image.mean()) - logged_mean) <= PSNR_TOLERANCE_DB
 
 
-def test_vae_round_trip_keeps_base_and_novel_concepts(shipped, judge):
+def test_vae_round_trip_keeps_base_and_novel_concepts(shipped, guessing_judge):
     vae_log = tied(SHIPPED_LOG)["vae_shipped"]
     n_log = PretrainConfig().eval_images  # pretrain.evaluate_vae: eval_images of each kind
     with torch.no_grad():
@@ -99,18 +99,18 @@ def test_vae_round_trip_keeps_base_and_novel_concepts(shipped, judge):
         base = toyworld.sample_scenes(200, seed=778)
         x_base = _images(base)
         y_base = round_trip(shipped.vae, x_base)
-    novel = agreement_rates(judge.predict(y), scenes)
+    novel = agreement_rates(guessing_judge.predict(y), scenes)
     assert consistent(novel, vae_log["judge_after_round_trip_all_concepts"], n_log) == {}, novel
-    kept = agreement_rates(judge.predict(y_base), base)
+    kept = agreement_rates(guessing_judge.predict(y_base), base)
     assert consistent(kept, vae_log["judge_after_round_trip_base"], n_log) == {}, kept
     assert psnr_consistent(_psnr_per_image(y, x), vae_log["psnr_all_concepts"]), vae_log["psnr_all_concepts"]
     assert psnr_consistent(_psnr_per_image(y_base, x_base), vae_log["psnr_base"]), vae_log["psnr_base"]
 
 
-def test_the_model_draws_what_the_prompt_asks(shipped, judge):
+def test_the_model_draws_what_the_prompt_asks(shipped, guessing_judge):
     log = tied(SHIPPED_LOG)
     n = len(toyworld.base_prompts())
-    scores = prompt_accuracy(shipped, judge, seeds=1)  # the first of the log's two sampling seeds
+    scores = prompt_accuracy(shipped, guessing_judge, seeds=1)  # the first of the log's two sampling seeds
     measured = {k: logged(v, n) for k, v in scores.items()}
     assert consistent(measured, log["prompt_accuracy"], log["config"]["eval_seeds"] * n) == {}, (scores, log["prompt_accuracy"])
 

