@@ -71,4 +71,5 @@ def test_the_study_measures_what_it_says():
 def test_the_study_results_measured_the_shipped_weights():
     results = json.loads(RESULTS.read_text())
     assert check_weights(results) == [], "rerun python benchmarks/blora_study.py"
-    assert len(results["settings"]["seeds"]) >= 3 and (ROOT / results["grid"]).is_file()
+    assert len(results["settings"]["seeds"]) >= 3
+    assert RESULTS.with_suffix(".png").is_file(), "the study writes its grid beside its results file: rerun it"
