@@ -433,7 +433,7 @@ def main() -> None:
     payload = {"settings": {"seeds": seeds, "recipe": RECIPE, "caption": CAPTION, "augmented": AUGMENTED, "n": N,
                             "sampling": SAMPLING, "images": {k: asdict(v) for k, v in scenes().items()},
                             "arms": {a: list(b) for a, b in arms.items()}},
-               "ablation": probe, **summary, "grid": os.path.relpath(out.with_suffix(".png"), BENCHMARKS.parent),
+               "ablation": probe, **summary,  # the grid is written beside the results file (out.with_suffix(".png"))
                "study_s": round(time.perf_counter() - start, 1), "load_average": os.getloadavg()[0]}
     write_results(out, {"judge_sure": args.judge_sure} | payload, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"\n{out} ({payload['study_s']:.0f} s)")
