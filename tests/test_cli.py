@@ -111,6 +111,7 @@ def test_the_demo_teaches_the_style_as_the_defaults_study_measured(tmp_path):
     """`sdtune demo` as a newcomer runs it, every option at its default (about 100 s on 2 quiet cores): the judge sees
     the new style more often after the LoRA than before (the difference resolved), and the rates after it fall within
     the spread of the defaults study's arm on the same folder (64 dotted images, three training seeds)."""
+    from sdtune import defaults
     from sdtune.demo import run_demo
     from sdtune.evaluation.provenance import REPO
     from sdtune.evaluation.stats import Rate, rate_difference
@@ -120,7 +121,7 @@ def test_the_demo_teaches_the_style_as_the_defaults_study_measured(tmp_path):
     learned = rate_difference(as_rate(scores["after"]["style"]), as_rate(scores["before"]["style"]), "after", "before")
     assert learned.resolved and learned.estimate > 0, learned
     study = json.loads((REPO / "benchmarks" / "results" / "defaults_study_cpu.json").read_text())
-    pooled = study["style"]["locon r8 b32 t<600"]["dotted-64"]["guidance"][str(scores["guidance"])]
+    pooled = study["style"][defaults.STYLE_RECIPE]["dotted-64"]["guidance"][str(scores["guidance"])]
     for measure in ("style", "shape", "colour"):
         difference = rate_difference(as_rate(scores["after"][measure]), as_rate(pooled[measure]["pooled"]), "demo", "study")
         assert not difference.resolved, f"{measure}: {difference}"

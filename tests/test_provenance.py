@@ -3,6 +3,8 @@
 import argparse
 import hashlib
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from sdtune.evaluation import provenance
 from sdtune.evaluation.provenance import (
     JUDGE_WEIGHTS,
+    REPO,
     TINY_SD,
     check_weights,
     record,
@@ -21,6 +24,17 @@ from sdtune.evaluation.provenance import (
     write_results,
 )
 from sdtune.evaluation.stats import Rate
+
+
+def test_record_names_this_process_as_it_was_started(monkeypatch):
+    """A script as `python path.py ...`, a module run with -m as `python -m module ...`: commands one can run again."""
+    import __main__
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "x.py"), "--seeds", "3"])
+    monkeypatch.setattr(__main__, "__spec__", None)
+    assert record()["command"] == "python benchmarks/x.py --seeds 3"
+    monkeypatch.setattr(sys, "argv", [str(REPO / "sdtune" / "models" / "toy_loras.py"), "--measure"])
+    monkeypatch.setattr(__main__, "__spec__", types.SimpleNamespace(name="sdtune.models.toy_loras"))
+    assert record()["command"] == "python -m sdtune.models.toy_loras --measure"
 
 
 def test_record_names_command_commit_machine_time_and_weights():

@@ -13,6 +13,7 @@ import json
 import pytest
 
 import sdtune
+from sdtune import defaults
 from sdtune.data import toyworld
 from sdtune.evaluation.judge import agreement_rates
 from sdtune.evaluation.provenance import REPO, check_weights
@@ -38,7 +39,7 @@ def dotted_locon(tmp_path_factory):
 
 def test_the_style_recipe_learns_the_style_as_the_study_measured(dotted_locon):
     assert check_weights(STUDY) == [], "the defaults study measured other weights: rerun benchmarks/defaults_study.py"
-    pooled = STUDY["style"]["locon r8 b32 t<600"]["dotted-64"]["guidance"][str(STYLE_GUIDANCE)]
+    pooled = STUDY["style"][defaults.STYLE_RECIPE]["dotted-64"]["guidance"][str(STYLE_GUIDANCE)]
     held_out = toyworld.sample_scenes(32, seed=100, styles=["dotted"])  # other shapes, colours and backgrounds
     images = sdtune.sample(dotted_locon, [toyworld.caption(s) for s in held_out], guidance_scale=STYLE_GUIDANCE, seed=0)
     rates = agreement_rates(sdtune.load_judge().predict(images), held_out)

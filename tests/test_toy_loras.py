@@ -12,7 +12,7 @@ from sdtune.formats.adapters import remove_adapter
 from sdtune.evaluation.judge import SURE
 from sdtune.evaluation.provenance import check_weights
 from sdtune.io import ASSETS
-from sdtune.models.toy_loras import CONCEPTS, lcm_accuracy, presence
+from sdtune.models.toy_loras import CONCEPTS, lcm_accuracy, measure_concept
 
 LORAS = ASSETS / "loras"
 LOG = json.loads((LORAS / "toy_loras.json").read_text())
@@ -37,13 +37,8 @@ def test_the_log_records_every_lora_its_files_and_how_they_were_measured():
 
 @pytest.mark.parametrize("name", sorted(CONCEPTS))
 def test_each_concept_lora_shows_its_concept(shipped, judge, name):
-    attribute, value, _ = CONCEPTS[name]
-    base = presence(shipped, judge, attribute, value)  # the log's 24 held-out prompts
-    load_adapter(shipped, LORAS / f"{name}.safetensors", name)
-    try:
-        measured = presence(shipped, judge, attribute, value)
-    finally:
-        remove_adapter(shipped, name)
+    now = measure_concept(shipped, judge, name, LORAS)  # on the log's 24 held-out prompts, as the log was measured
+    base, measured = now["presence_base"], now["presence_with_lora"]
     logged = LOG[name]
     assert abs(measured - logged["presence_with_lora"]) <= TOLERANCE, f"{name}: {measured:.0%} (log: {logged['presence_with_lora']:.0%})"
     assert abs(base - logged["presence_base"]) <= TOLERANCE, f"{name} without it: {base:.0%} (log: {logged['presence_base']:.0%})"

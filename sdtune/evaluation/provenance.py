@@ -93,9 +93,10 @@ def machine() -> dict:
 
 def record(command: str | Sequence[str] | None = None, weights: Iterable[str | os.PathLike] = ()) -> dict:
     """The provenance of a measurement made now. `command`: the command line (default: this process's)."""
-    if command is None:  # this process's: "python benchmarks/x.py --flag", or "sdtune train ..." for a console script
-        program = Path(sys.argv[0])
-        command = ["python", _shown(program)] if program.suffix == ".py" else [program.name]
+    if command is None:  # this process's: "python benchmarks/x.py --flag", "python -m sdtune.models.x --flag", or
+        program = Path(sys.argv[0])  # "sdtune train ..." for a console script
+        module = getattr(sys.modules["__main__"].__spec__, "name", None)  # set for `python -m module` only
+        command = ["python", "-m", module] if module else ["python", _shown(program)] if program.suffix == ".py" else [program.name]
         command += sys.argv[1:]
     commit = _git("rev-parse", "HEAD")
     return {

@@ -92,9 +92,11 @@ def measure_lcm(pipe, judge, folder: Path) -> dict:
     without = {steps: lcm_accuracy(pipe, judge, steps) for steps in (1, 2, 4)}
     pipe.scheduler = LCMScheduler.from_config(ddim.config)
     load_adapter(pipe, folder / "lcm.safetensors", "lcm")
-    with_lcm = {steps: lcm_accuracy(pipe, judge, steps) for steps in (1, 2, 4)}
-    remove_adapter(pipe, "lcm")
-    pipe.scheduler = ddim
+    try:
+        with_lcm = {steps: lcm_accuracy(pipe, judge, steps) for steps in (1, 2, 4)}
+    finally:  # the pipeline as it came, whatever happened
+        remove_adapter(pipe, "lcm")
+        pipe.scheduler = ddim
     for steps in (1, 2, 4):
         print(f"lcm  {steps} steps: DDIM without {without[steps]}  LCMScheduler with the LCM-LoRA {with_lcm[steps]}", flush=True)
     return {"ddim_without": without, "lcm_with": with_lcm}
@@ -116,8 +118,10 @@ def measure_concept(pipe, judge, name: str, folder: Path) -> dict:
     attribute, value, _ = CONCEPTS[name]
     before = presence(pipe, judge, attribute, value)
     load_adapter(pipe, folder / f"{name}.safetensors", name)
-    after = presence(pipe, judge, attribute, value)
-    remove_adapter(pipe, name)
+    try:
+        after = presence(pipe, judge, attribute, value)
+    finally:  # the pipeline as it came, whatever happened
+        remove_adapter(pipe, name)
     print(f"{name:<13} {attribute:<10} base {before:5.0%}  with its LoRA {after:5.0%}", flush=True)
     return {"presence_base": before, "presence_with_lora": after}
 
