@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from sdtune.evaluation.stats import (Difference, Rate, paired_difference, rate_bars, rate_difference, seed_difference,
+from sdtune.evaluation.stats import (Difference, Rate, against, paired_difference, rate_bars, rate_difference, seed_difference,
                                      study_spread, t_quantile, wilson, within_spread)
 
 
@@ -140,3 +140,11 @@ def test_a_live_run_is_within_the_spread_of_the_study_seeds_intervals():
     assert within_spread(Rate(16, 16), [Rate(14, 16)] * 3) and not within_spread(Rate(16, 16), [Rate(2, 16)] * 3)
     with pytest.raises(ValueError, match="per-seed rates"):
         study_spread([])
+
+
+def test_a_rate_meets_a_bar_only_where_its_whole_interval_clears_it():
+    """90/96 = 94% [87%, 97%] clears 85%; 82/96 = 85% [77%, 91%] straddles it; 70/96 = 73% [63%, 81%] is below."""
+    assert against(Rate(90, 96), 0.85) == "met"
+    assert against(Rate(82, 96), 0.85) == "not resolved"
+    assert against(Rate(70, 96), 0.85) == "missed"
+    assert against(Rate(0, 5), 0.0) == "met"  # a bar of zero is always cleared

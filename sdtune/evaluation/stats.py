@@ -6,6 +6,7 @@
     rate_difference(Rate(20, 24), Rate(150, 200), "live", "study")   # two independent samples
     seed_difference([r0, r1, r2], [s0, s1, s2], "LoRA", "full")   # two methods over training seeds 0, 1, 2
     within_spread(live, [r0, r1, r2])       # a chapter's live run against the study's per-seed 95% intervals
+    against(Rate(90, 96), 0.85)             # "met": the whole interval at or above the bar ("missed", "not resolved")
 
 A difference reads "LoRA higher than full by 12 points [3, 21]" only when its 95% interval excludes zero;
 otherwise "LoRA vs full: not resolved at this sample size (difference +4 points [-6, 14])". Points are
@@ -76,6 +77,13 @@ class Rate:
         """For results files: the counts, the rate and its interval."""
         low, high = self.interval
         return {"k": self.k, "n": self.n, "rate": self.value, "low": low, "high": high}
+
+
+def against(rate: Rate, bar: float) -> str:
+    """A rate against a threshold: "met" where its whole 95% interval lies at or above `bar`, "missed" where it lies
+    below, otherwise "not resolved" (the sample cannot tell which side of the bar the method is on)."""
+    low, high = rate.interval
+    return "met" if low >= bar else "missed" if high < bar else "not resolved"
 
 
 def _points(x: float) -> str:
