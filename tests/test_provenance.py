@@ -119,7 +119,7 @@ def test_every_study_takes_the_same_options_and_refuses_bad_seeds_before_work(tm
     args = parser.parse_args(["--judge-sure", "1", "--work", str(tmp_path / "sure")])
     with pytest.raises(SystemExit):
         study_setup(parser, args)
-    assert "--judge-sure 1.0: give a probability in [0, 1)" in capsys.readouterr().err and not (tmp_path / "sure").exists()
+    assert "--judge-sure: sure=1.0: the judge's threshold is a probability in [0, 1)" in capsys.readouterr().err and not (tmp_path / "sure").exists()
 
 
 def test_a_work_folder_is_reused_only_by_the_code_and_options_that_made_it(tmp_path, capsys, monkeypatch):

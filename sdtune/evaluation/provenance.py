@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..io import ASSETS, staged_file, write_json
-from .judge import SURE
+from .judge import SURE, check_sure
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout sdtune runs from (when it is one)
 TINY_SD = ASSETS / "tiny-sd"
@@ -201,8 +201,10 @@ def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_s
         parser.error(f"--seeds {args.seeds}: this study needs at least {min_seeds} seeds (its differences are paired over seeds), e.g. 0,1,2")
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: give at least 1")
-    if not 0 <= args.judge_sure < 1:
-        parser.error(f"--judge-sure {args.judge_sure}: give a probability in [0, 1), e.g. {SURE} (0 names every value)")
+    try:
+        check_sure(args.judge_sure)
+    except ValueError as e:
+        parser.error(f"--judge-sure: {e}")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     made_by = {"code": code_fingerprint(), "options": {k: v for k, v in sorted(vars(args).items()) if k not in ("seeds", "work", "out")}}
