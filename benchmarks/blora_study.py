@@ -45,7 +45,6 @@ written beside it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -56,6 +55,8 @@ from itertools import chain
 from pathlib import Path
 
 import torch
+
+from sdtune.evaluation.blocks import concept_score, deltas, fused
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results" / "blora_study_cpu.json"
@@ -126,46 +127,11 @@ def train_lora(pipe, scene, blocks: list[str] | None, seed: int, work: Path) -> 
     return tensors
 
 
-def deltas(unet, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """{UNet module path: dW = (alpha / r) up @ down}, shaped like the module's weight."""
-    from sdtune.algebra import layer_delta
-    from sdtune.formats.kohya import group_kohya_layers, kohya_layer_name
-
-    module_of = {kohya_layer_name("lora_unet", path): path for path, _ in unet.named_modules() if path}
-    return {module_of[name]: layer_delta(layer) for name, layer in group_kohya_layers(tensors).items()}
-
-
-@contextlib.contextmanager
-def fused(unet, update: dict[str, torch.Tensor], off: tuple[str, ...] = ()):
-    """The UNet with W + dW in every adapted layer outside the units in `off`; the weights restored after.
-    (What load_adapter + set_block_scales compute, at the base model's sampling speed: chapter 14 checks it.)"""
-    saved = {}
-    for path, dW in update.items():
-        if not any(path.startswith(unit + ".") for unit in off):
-            weight = unet.get_submodule(path).weight
-            saved[path] = weight.detach().clone()
-            weight.data += dW.to(weight.dtype)
-    try:
-        yield
-    finally:
-        for path, weight in saved.items():
-            unet.get_submodule(path).weight.data = weight
-
-
 def judged(judge, images) -> dict[str, dict[str, list[str]]]:
     """What the judge and the pixel checker name in each image."""
     from sdtune.evaluation import checker
 
     return {"judge": judge.predict(images), "checker": checker.check_all(images)}
-
-
-def scores(judge, images, attribute: str, value: str) -> float:
-    """The judge's mean probability for `value`: the ablation's measure (finer than k of n on 16 images)."""
-    from sdtune.evaluation.judge import to_tensor
-
-    with torch.no_grad():
-        logits = judge(to_tensor(images))[attribute]
-    return logits.softmax(1)[:, judge.attributes[attribute].index(value)].mean().item()
 
 
 def top_blocks(unet) -> list[str]:
@@ -185,9 +151,9 @@ def ablation(pipe, judge, work: Path) -> dict:
         row = {}
         for unit in ["base model", "full LoRA"] + candidates["units"] + candidates["blocks"]:
             off = () if unit in ("base model", "full LoRA") else (unit,)
-            with fused(pipe.unet, {} if unit == "base model" else update, off):
+            with fused(pipe.unet, {} if unit == "base model" else update, off=off):
                 images = sdtune.sample(pipe, [CAPTION] * N, **SAMPLING)
-            row[unit] = {a: scores(judge, images, a, getattr(scene, a)) for a in ("shape", "style", "colour")}
+            row[unit] = {a: concept_score(judge, images, a, getattr(scene, a))[0] for a in ("shape", "style", "colour")}
         table[name] = row
         print(f"  {time.strftime('%H:%M:%S')} ablation of {name}'s LoRA done", flush=True)
     loss = {u: {a: sum(1 - table[i][u][a] / table[i]["full LoRA"][a] for i in table) / len(table)
