@@ -56,7 +56,7 @@ def _table(source: str, **values: Any) -> dict[str, Default]:
 # ---------------------------------------------------------------------------------------------------------------
 
 STUDY = "benchmarks/results/defaults_study_cpu.json"
-STYLE_BAR = "benchmarks/results/style_bar_cpu.txt"  # README "What a style takes": one recipe, every adapter kind
+STYLE_BAR = "benchmarks/results/style_bar_cpu.json"  # README "What a style takes": one recipe, every adapter kind, 3 seeds
 STYLE_RECIPE = "locon r8 b32 t<600"  # the study's recipe that became the defaults (a key of its results file)
 SUBJECT_TEST = "tests/test_defaults.py::test_a_new_subject_shows_under_the_dreambooth_lora_defaults"
 
