@@ -112,7 +112,7 @@ def cached_run(work: Path, name: str, seed: int, args: argparse.Namespace) -> di
 
 def summarise(runs: dict[int, dict]) -> dict:
     """Per guidance and measure: k/n pooled over seeds with its interval, and each seed's rate; the bar's verdict."""
-    from sdtune.evaluation.stats import Rate, against
+    from sdtune.evaluation.stats import Rate, bar_verdict
 
     seeds = sorted(runs)
     first = runs[seeds[0]]
@@ -120,8 +120,7 @@ def summarise(runs: dict[int, dict]) -> dict:
                         "per_seed": {str(s): Rate.of(runs[s]["seen"][g][m]) for s in seeds}} for m in MEASURES}
                 for g in first["seen"]}
     at_recipe = guidance[str(GUIDANCES[0])]
-    verdicts = {m: against(at_recipe[m]["pooled"], bar) for m, bar in BAR.items()}
-    bar = "missed" if "missed" in verdicts.values() else "met" if set(verdicts.values()) == {"met"} else "not resolved"
+    bar, verdicts = bar_verdict({m: at_recipe[m]["pooled"] for m in BAR}, BAR)
     return {"trainable": first["trainable"], "file_mb": first["file_mb"],
             "train_s": {str(s): round(runs[s]["train_s"], 1) for s in seeds},
             "peak_mb": max(runs[s]["peak_mb"] for s in seeds),

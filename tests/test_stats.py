@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from sdtune.evaluation.stats import (Difference, Rate, against, paired_difference, rate_bars, rate_difference, seed_difference,
+from sdtune.evaluation.stats import (Difference, Rate, against, bar_verdict, paired_difference, rate_bars, rate_difference, seed_difference,
                                      study_spread, t_quantile, wilson, within_spread)
 
 
@@ -148,3 +148,10 @@ def test_a_rate_meets_a_bar_only_where_its_whole_interval_clears_it():
     assert against(Rate(82, 96), 0.85) == "not resolved"
     assert against(Rate(70, 96), 0.85) == "missed"
     assert against(Rate(0, 5), 0.0) == "met"  # a bar of zero is always cleared
+
+
+def test_a_bar_of_several_rates_is_missed_by_one_miss_and_met_only_when_every_rate_meets_it():
+    bar = {"style": 0.8, "shape": 0.85}
+    assert bar_verdict({"style": Rate(90, 96), "shape": Rate(92, 96)}, bar) == ("met", {"style": "met", "shape": "met"})
+    assert bar_verdict({"style": Rate(90, 96), "shape": Rate(82, 96)}, bar)[0] == "not resolved"
+    assert bar_verdict({"style": Rate(60, 96), "shape": Rate(82, 96)}, bar) == ("missed", {"style": "missed", "shape": "not resolved"})

@@ -12,12 +12,13 @@ import json
 
 import pytest
 
+from study_arms import assert_within_arm
+
 import sdtune
 from sdtune import defaults
 from sdtune.data import toyworld
-from sdtune.evaluation.judge import agreement_rates
+from sdtune.evaluation.judge import SURE, agreement_rates
 from sdtune.evaluation.provenance import REPO, check_weights
-from sdtune.evaluation.stats import Rate, rate_difference
 from sdtune.training import TrainConfig, train
 
 STYLE_GUIDANCE = 2.5
@@ -43,8 +44,64 @@ def test_the_style_recipe_learns_the_style_as_the_study_measured(dotted_locon):
     held_out = toyworld.sample_scenes(32, seed=100, styles=["dotted"])  # other shapes, colours and backgrounds
     images = sdtune.sample(dotted_locon, [toyworld.caption(s) for s in held_out], guidance_scale=STYLE_GUIDANCE, seed=0)
     rates = agreement_rates(sdtune.load_judge().predict(images), held_out)
-    for measure in ("style", "shape", "colour"):
-        study = Rate(pooled[measure]["pooled"]["k"], pooled[measure]["pooled"]["n"])
-        difference = rate_difference(rates[measure], study, "this run", "the study")
-        assert not difference.resolved, f"{measure}: {difference}"
+    assert_within_arm(rates, pooled)
     assert rates["style"].interval[0] > 0.5, f"the recipe should draw the style in most images: {rates['style']}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The style bar for every adapter kind (benchmarks/style_bar.py, three training seeds) and the README's tables of it
+# ---------------------------------------------------------------------------------------------------------------
+
+BAR_RESULTS = REPO / "benchmarks" / "results" / "style_bar_cpu.json"
+README_LABELS = {"LoRA": "lora", "LoCon": "locon", "LoHa": "loha", "LoKr": "lokr", "DoRA": "dora", "full": "full",
+                 "LoKr, factor 4": "lokr-f4", "LoKr, factor 2": "lokr-f2", "LoKr, factor 1": "lokr-f1"}
+
+
+def _readme_rows() -> dict[str, list[str]]:
+    """The rows of README "What a style takes" whose first cell names a kind of the study: {kind: cells}."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("What a style takes"):text.index("Personalization, one subject")]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] in README_LABELS:
+            rows[README_LABELS[cells[0]]] = cells
+    return rows
+
+
+def test_the_bar_is_met_missed_or_not_resolved_from_the_pooled_intervals():
+    from benchmark_scripts import load_study
+
+    study = load_study("style_bar")
+    n = 32
+
+    def run(shape: int, colour: int, style: int) -> dict:
+        seen = {"shape": [True] * shape + [False] * (n - shape), "colour": [True] * colour + [False] * (n - colour),
+                "background": [True] * n, "style": [True] * style + [False] * (n - style)}
+        return {"train_s": 1.0, "peak_mb": 1.0, "load_average": 0.0, "trainable": 1, "file_mb": 0.1,
+                "seen": {str(g): seen for g in study.GUIDANCES}}
+
+    assert study.summarise({s: run(31, 31, 30) for s in range(3)})["bar"]["verdict"] == "met"  # 93/96, 90/96
+    missed = study.summarise({s: run(22, 31, 30) for s in range(3)})["bar"]  # shape 66/96 = 69% [59%, 77%]
+    assert missed["verdict"] == "missed" and missed["per_measure"]["shape"] == "missed"
+    unresolved = study.summarise({s: run(27, 31, 30) for s in range(3)})["bar"]  # shape 81/96 = 84% [76%, 90%]
+    assert unresolved["verdict"] == "not resolved" and unresolved["per_measure"]["shape"] == "not resolved"
+
+
+def test_the_committed_study_has_three_seeds_adds_up_and_is_what_the_readme_prints():
+    results = json.loads(BAR_RESULTS.read_text())
+    assert check_weights(results) == [], "the study measured other weights: rerun python benchmarks/style_bar.py"
+    assert results["judge_sure"] == SURE and not results["provenance"]["git"]["dirty"]
+    seeds = [str(s) for s in results["settings"]["seeds"]]
+    assert len(seeds) >= 3
+    rows = _readme_rows()
+    assert set(rows) == set(results["kinds"]), "every kind of the study has its README row, and no other"
+    for kind, r in results["kinds"].items():
+        at_recipe = r["guidance"]["2.5"]
+        for m, rates in at_recipe.items():
+            assert list(rates["per_seed"]) == seeds
+            assert rates["pooled"]["k"] == sum(x["k"] for x in rates["per_seed"].values())
+        printed = [f"{round(100 * at_recipe[m]['pooled']['k'] / at_recipe[m]['pooled']['n'])}%" for m in ("shape", "colour", "style")]
+        cells = rows[kind]
+        assert cells[-4:-1] == printed, f"README row {cells[0]}: {cells[-4:-1]}, the study {printed}"
+        assert cells[-1].startswith(r["bar"]["verdict"]), f"README row {cells[0]}: {cells[-1]}, the study {r['bar']['verdict']}"

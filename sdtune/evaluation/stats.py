@@ -86,6 +86,14 @@ def against(rate: Rate, bar: float) -> str:
     return "met" if low >= bar else "missed" if high < bar else "not resolved"
 
 
+def bar_verdict(rates: Mapping[str, Rate], bar: Mapping[str, float]) -> tuple[str, dict[str, str]]:
+    """A bar of several rates ({"style": 0.8, "shape": 0.85}): "met" where every rate meets its threshold (`against`),
+    "missed" where one misses it, else "not resolved"; and the verdict per rate."""
+    verdicts = {k: against(rates[k], v) for k, v in bar.items()}
+    overall = "missed" if "missed" in verdicts.values() else "met" if set(verdicts.values()) == {"met"} else "not resolved"
+    return overall, verdicts
+
+
 def _points(x: float) -> str:
     """A difference in percentage points, one decimal where rounding would show a bound of 0 that is not 0."""
     value = 100 * x
