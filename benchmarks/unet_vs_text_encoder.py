@@ -17,7 +17,9 @@ prompted twice: with the trigger ("a outlined green square on a gray background"
 a gray background", the same scene drawn flat); 15 DDIM steps, guidance 4, sampling seed 0, so outcomes are paired
 image by image. Measures: the style with the trigger (the judge sees outlines), leakage (outlines without the
 trigger), shape and colour (over both prompt sets). Also per seed: how far each adapter moves the prompt embeddings
-(mean cosine distance per token, as chapter 04's section 4 measures it) and each run's training seconds.
+(mean cosine distance per token, as chapter 04's section 4 measures it) and each run's training seconds (as timed in
+the study, UNet always first and on whatever else the machine runs: chapter 04 takes the cost in time from
+benchmarks/text_encoder_cost.py, which times the two runs alone in alternating order).
 
 Rates are k/n pooled over seeds with Wilson 95% intervals; each difference chapter 04 states (DIFFERENCES) is the mean
 of the per-seed differences with a t-interval over seeds (`sdtune.evaluation.stats`), "not resolved" when it includes
