@@ -105,3 +105,13 @@ def test_the_committed_study_has_three_seeds_adds_up_and_is_what_the_readme_prin
         cells = rows[kind]
         assert cells[-4:-1] == printed, f"README row {cells[0]}: {cells[-4:-1]}, the study {printed}"
         assert cells[-1].startswith(r["bar"]["verdict"]), f"README row {cells[0]}: {cells[-1]}, the study {r['bar']['verdict']}"
+
+
+def test_the_style_bars_locon_arm_is_the_defaults_studys_dotted_64_arm_image_for_image():
+    """Two studies, one recipe (LoCon rank 8, 64 dotted images, batch 32, 300 steps, t < 600, seeds 0-2, the same
+    held-out prompts and sampling seed): their per-seed counts must agree, a check on both studies' reproducibility."""
+    bar = json.loads(BAR_RESULTS.read_text())["kinds"]["locon"]["guidance"]
+    arm = STUDY["style"][defaults.STYLE_RECIPE]["dotted-64"]["guidance"]
+    for g in ("2.5", "4.0"):
+        for m in ("style", "shape", "colour"):
+            assert bar[g][m]["per_seed"] == arm[g][m]["per_seed"], (g, m)
