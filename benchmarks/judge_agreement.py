@@ -47,7 +47,7 @@ import sdtune
 from sdtune.composition import compose
 from sdtune.data import toyworld
 from sdtune.evaluation import checker
-from sdtune.evaluation.judge import JUDGE_DIR, SURE, load_judge
+from sdtune.evaluation.judge import JUDGE_DIR, SURE, UNSURE, load_judge
 from sdtune.evaluation.provenance import TINY_SD, readable, write_results
 from sdtune.evaluation.stats import Rate, paired_difference
 from sdtune.evaluation.subject import subject_prompts
@@ -180,38 +180,37 @@ def disagreement_grid(rows: list[tuple[Image.Image, str, dict, dict]], path: Pat
 def measure(sources: list[Source], judge) -> tuple[dict, list]:
     """Agreement judge vs checker per attribute, overall and per source: over every image ("unsure" counts as a
     disagreement), over the images the checker decided, and where the judge is sure; the unsure counts; and the
-    disagreements."""
+    disagreements. `judge` names every value; where it is sure is its own rule at SURE, on the same probabilities."""
     per_source, disagreements = {}, []
-    judged_all, checked_all, confidence_all = ({k: [] for k in ATTRIBUTES} for _ in range(3))
+    judged_all, checked_all, sure_all = ({k: [] for k in ATTRIBUTES} for _ in range(3))
     for s in sources:
-        judged = judge.predict(s.images)
+        probabilities = judge.probabilities(s.images)  # one pass, named two ways
+        judged, sure_named = judge.name(probabilities), judge.name(probabilities, SURE)
         checked = checker.check_all(s.images)
-        confidence = judge.confidence(s.images)
         per_source[s.name] = agreement(judged, checked) | {
             "images": len(s.images),
-            "where_sure": where_sure(judged, checked, confidence),
+            "where_sure": where_sure(sure_named, checked),
             "judge_vs_prompt": {k: Rate.of(j == getattr(sc, k) for j, sc in zip(judged[k], s.scenes)) for k in ATTRIBUTES},
             "checker_vs_prompt": {k: Rate.of(c == getattr(sc, k) for c, sc in zip(checked[k], s.scenes)) for k in ATTRIBUTES},
         }
         for k in ATTRIBUTES:
             judged_all[k] += judged[k]
             checked_all[k] += checked[k]
-            confidence_all[k] += confidence[k]
+            sure_all[k] += sure_named[k]
         for i, image in enumerate(s.images):
             if any(judged[k][i] != checked[k][i] for k in ATTRIBUTES):
                 disagreements.append((image, s.name, {k: judged[k][i] for k in ATTRIBUTES}, {k: checked[k][i] for k in ATTRIBUTES}))
-    return agreement(judged_all, checked_all) | {"per_source": per_source,
-                                                 "where_sure": where_sure(judged_all, checked_all, confidence_all)}, disagreements
+    return agreement(judged_all, checked_all) | {"per_source": per_source, "where_sure": where_sure(sure_all, checked_all)}, disagreements
 
 
-def where_sure(judged: dict[str, list[str]], checked: dict[str, list[str]], confidence: dict[str, list[float]],
-               sure: float = SURE) -> dict:
-    """Per attribute: the images on which the judge is sure (probability of its named value >= `sure`), as a share
-    of all, and the agreement with the checker on those, and on those of them the checker decided."""
+def where_sure(sure_named: dict[str, list[str]], checked: dict[str, list[str]], sure: float = SURE) -> dict:
+    """Per attribute: the images on which the judge is sure (`sure_named`: its names at threshold `sure`, "unsure"
+    elsewhere), as a share of all, and the agreement with the checker on those, and on those of them the checker
+    decided."""
     out = {"threshold": sure}
     for k in ATTRIBUTES:
-        kept = [(j, c) for j, c, p in zip(judged[k], checked[k], confidence[k]) if p >= sure]
-        out[k] = {"sure": Rate(len(kept), len(judged[k])),
+        kept = [(j, c) for j, c in zip(sure_named[k], checked[k]) if j != UNSURE]
+        out[k] = {"sure": Rate(len(kept), len(sure_named[k])),
                   "agreement": Rate.of(j == c for j, c in kept),
                   "agreement_decided": Rate.of(j == c for j, c in kept if c != checker.UNSURE)}
     return out
@@ -272,7 +271,7 @@ def main() -> None:
     out = Path(args.out)
     judge_dir = Path(args.judge)
     # a bad --judge (or --compare) fails here, before any work. Both name every value: the agreement counts every
-    # image, and where_sure applies the threshold to the judge's confidence itself
+    # image, and where_sure names the same probabilities again at the threshold (Judge.name)
     judge = load_judge(judge_dir, sure=0.0)
     other = load_judge(args.compare, sure=0.0) if args.compare else None
     torch.set_num_threads(args.threads)

@@ -55,3 +55,15 @@ def test_a_sure_judge_answers_unsure_exactly_where_its_probability_is_below_the_
     for bad in (1.0, -0.1, 2):
         with pytest.raises(ValueError, match=r"sure=.*probability in \[0, 1\)"):
             load_judge(sure=bad)
+
+
+def test_one_forward_pass_named_at_two_thresholds_is_what_two_judges_predict(judge):
+    """`Judge.name` applies `predict`'s rule to probabilities already computed: a judge that names every value, asked
+    for its names at SURE, answers exactly as the sure judge does (benchmarks/judge_agreement.py relies on it)."""
+    images = torch.rand(48, 3, 64, 64)
+    everywhere = load_judge(sure=0)
+    probabilities = everywhere.probabilities(images)
+    assert everywhere.name(probabilities) == everywhere.predict(images)
+    assert everywhere.name(probabilities, SURE) == judge.predict(images)
+    with pytest.raises(ValueError, match="probability in"):
+        everywhere.name(probabilities, 1.0)

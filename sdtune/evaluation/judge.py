@@ -69,10 +69,16 @@ class Judge(nn.Module):
     def predict(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[str]]:
         """Name each attribute of each image: its most probable value, or "unsure" where that value's probability is
         below `self.sure` (0 names every value). `images`: PIL images or a (N, 3, 64, 64) tensor in [0, 1]."""
+        return self.name(self.probabilities(images, batch_size))
+
+    def name(self, probabilities: dict[str, torch.Tensor], sure: float | None = None) -> dict[str, list[str]]:
+        """`predict`'s rule on probabilities already computed (`probabilities`), at this judge's `sure` or another:
+        one forward pass can then be named both ways."""
+        sure = self.sure if sure is None else check_sure(sure)
         named = {}
-        for k, p in self.probabilities(images, batch_size).items():
+        for k, p in probabilities.items():
             best, index = p.max(1)
-            named[k] = [self.attributes[k][i] if q >= self.sure else UNSURE for q, i in zip(best.tolist(), index.tolist())]
+            named[k] = [self.attributes[k][i] if q >= sure else UNSURE for q, i in zip(best.tolist(), index.tolist())]
         return named
 
     def confidence(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> dict[str, list[float]]:
