@@ -23,7 +23,7 @@ from ..algebra import layer_delta
 from ..formats.kohya import group_kohya_layers, kohya_layer_name
 from ..methods.blora import block_part
 from ..sampling import sample
-from .judge import Judge, to_tensor
+from .judge import Judge
 
 ATTENTION_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.\d+\.attentions\.\d+$|^mid_block\.attentions\.0$")
 
@@ -64,12 +64,11 @@ def fused(unet, *updates: dict[str, torch.Tensor], off: Sequence[str] = ()) -> I
 
 def concept_score(judge: Judge, images, attribute: str, value: str) -> tuple[float, float]:
     """(score, presence): the judge's mean probability for `value`, and the share of images in which it names it
-    (its most probable value, where that probability reaches the judge's `sure`, as `judge.predict` decides)."""
-    with torch.no_grad():
-        logits = judge(to_tensor(images))[attribute]
-    i = judge.attributes[attribute].index(value)
-    p = logits.softmax(1)[:, i]
-    return p.mean().item(), ((logits.argmax(1) == i) & (p >= judge.sure)).float().mean().item()
+    (`judge.name`: its most probable value, where that probability reaches the judge's `sure`)."""
+    p = {attribute: judge.probabilities(images)[attribute]}
+    named = judge.name(p)[attribute]
+    score = p[attribute][:, judge.attributes[attribute].index(value)].mean().item()
+    return score, sum(v == value for v in named) / len(named)
 
 
 def probe(pipe, judge: Judge, update: dict[str, torch.Tensor], attribute: str, value: str, prompts: list[str],
