@@ -95,11 +95,10 @@ def run_seed(pipe, judge, seed: int, work: Path) -> tuple[dict, dict]:
 def summarise(runs: dict[int, dict]) -> dict:
     """Pooled and per-seed rates of every pair, method and measure; the stated differences, paired by seed; the
     probe's findings per seed."""
-    from sdtune.evaluation.stats import Rate, seed_difference
+    from sdtune.evaluation.stats import Rate, seed_difference, seed_rates
 
     seeds = sorted(runs)
-    rates = {pair: {method: {m: {"pooled": Rate.of([o for s in seeds for o in runs[s]["mix"][pair][method][m]]),
-                                 "per_seed": {str(s): Rate.of(runs[s]["mix"][pair][method][m]) for s in seeds}}
+    rates = {pair: {method: {m: seed_rates({s: runs[s]["mix"][pair][method][m] for s in seeds})
                              for m in runs[seeds[0]]["mix"][pair][method]}
                     for method in METHODS}
              for pair in runs[seeds[0]]["mix"]}

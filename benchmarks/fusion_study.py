@@ -110,16 +110,14 @@ def main() -> None:
     import sdtune
     from sdtune.evaluation.judge import load_judge
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, seed_outcomes, write_results
-    from sdtune.evaluation.stats import Rate, seed_difference
+    from sdtune.evaluation.stats import Rate, seed_difference, seed_rates
 
     judge = load_judge(sure=args.judge_sure)
     pipe = sdtune.load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     runs = {s: seed_outcomes(work, s, lambda s=s: run_seed(pipe, judge, s, work)) for s in seeds}
     conditions = list(runs[seeds[0]]["outcomes"])
-    rates = {c: {m: {"pooled": Rate.of([o for s in seeds for o in runs[s]["outcomes"][c][m]]),
-                     "per_seed": {str(s): Rate.of(runs[s]["outcomes"][c][m]) for s in seeds}} for m in MEASURES}
-             for c in conditions}
+    rates = {c: {m: seed_rates({s: runs[s]["outcomes"][c][m] for s in seeds}) for m in MEASURES} for c in conditions}
     for c in conditions:
         errors = ", ".join(f"{runs[s]['prediction_error'][c]:.2f}" for s in seeds)
         print(f"{c:<10} " + "  ".join(f"{m} {rates[c][m]['pooled']}" for m in MEASURES) + f"  prediction error {errors}")

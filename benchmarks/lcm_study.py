@@ -144,7 +144,7 @@ def main() -> None:
     import sdtune
     from sdtune.evaluation.judge import load_judge
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, seed_outcomes, write_results
-    from sdtune.evaluation.stats import Rate, seed_difference
+    from sdtune.evaluation.stats import Rate, seed_difference, seed_rates
     from sdtune.io import write_json
     from sdtune.models.toy_loras import LCM
 
@@ -155,16 +155,14 @@ def main() -> None:
     if not fixed_file.is_file():
         write_json(fixed_file, without_lcm(pipe, judge))
     fixed = json.loads(fixed_file.read_text())
-    runs = {}
+    runs, train_s = {}, {}
     for seed in seeds:
         result = seed_outcomes(work, seed, lambda: run_seed(seed, work, pipe, judge))
-        runs[seed] = result["outcomes"] | fixed
+        runs[seed], train_s[str(seed)] = result["outcomes"] | fixed, result["train_s"]
         print(f"seed {seed}: distilled in {result['train_s']:.0f} s", flush=True)
 
     measures = ("shape", "colour", "background", "all", "dots")
-    conditions = {c: {m: {"pooled": Rate.of([o for s in seeds for o in runs[s][c][m]]),
-                          "per_seed": {str(s): Rate.of(runs[s][c][m]) for s in seeds}} for m in measures}
-                  for c in runs[seeds[0]]}
+    conditions = {c: {m: seed_rates({s: runs[s][c][m] for s in seeds}) for m in measures} for c in runs[seeds[0]]}
     for c, rates in conditions.items():
         print(f"{c:<26}" + "  ".join(f"{m} {rates[m]['pooled']}" for m in ("all", "dots")))
     diffs = []
@@ -172,7 +170,6 @@ def main() -> None:
         d = seed_difference([Rate.of(runs[s][a][m]) for s in seeds], [Rate.of(runs[s][b][m]) for s in seeds], a, b)
         diffs.append({"measure": m} | d.as_dict())
         print(f"{m:<5} {d}")
-    train_s = {str(s): json.loads((work / f"seed{s}.json").read_text())["train_s"] for s in seeds}
     settings = {"seeds": seeds, "threads": args.threads, "recipe": LCM, "lcm_steps": LCM_STEPS, "ddim_steps": DDIM_STEPS,
                 "scheduler_only_steps": SCHEDULER_ONLY_STEPS, "style_steps": STYLE_STEPS, "prompts": 24, "style_prompts": 24}
     write_results(args.out, {"judge_sure": args.judge_sure, "settings": settings, "conditions": conditions,

@@ -112,13 +112,11 @@ def cached_run(work: Path, name: str, seed: int, args: argparse.Namespace) -> di
 
 def summarise(runs: dict[int, dict]) -> dict:
     """Per guidance and measure: k/n pooled over seeds with its interval, and each seed's rate; the bar's verdict."""
-    from sdtune.evaluation.stats import Rate, bar_verdict
+    from sdtune.evaluation.stats import bar_verdict, seed_rates
 
     seeds = sorted(runs)
     first = runs[seeds[0]]
-    guidance = {g: {m: {"pooled": Rate.of(sum((runs[s]["seen"][g][m] for s in seeds), [])),
-                        "per_seed": {str(s): Rate.of(runs[s]["seen"][g][m]) for s in seeds}} for m in MEASURES}
-                for g in first["seen"]}
+    guidance = {g: {m: seed_rates({s: runs[s]["seen"][g][m] for s in seeds}) for m in MEASURES} for g in first["seen"]}
     at_recipe = guidance[str(GUIDANCES[0])]
     bar, verdicts = bar_verdict({m: at_recipe[m]["pooled"] for m in BAR}, BAR)
     return {"trainable": first["trainable"], "file_mb": first["file_mb"],

@@ -6,8 +6,8 @@ matplotlib.use("Agg")
 
 import pytest
 
-from sdtune.evaluation.stats import (Difference, Rate, against, bar_verdict, paired_difference, rate_bars, rate_difference, seed_difference,
-                                     study_spread, t_quantile, wilson, within_spread)
+from sdtune.evaluation.stats import (Difference, Rate, against, bar_verdict, paired_difference, rate_bars, rate_difference,
+                                     seed_difference, seed_rates, study_spread, t_quantile, wilson, within_spread)
 
 
 @pytest.mark.parametrize("k, n, low, high", [
@@ -155,3 +155,9 @@ def test_a_bar_of_several_rates_is_missed_by_one_miss_and_met_only_when_every_ra
     assert bar_verdict({"style": Rate(90, 96), "shape": Rate(92, 96)}, bar) == ("met", {"style": "met", "shape": "met"})
     assert bar_verdict({"style": Rate(90, 96), "shape": Rate(82, 96)}, bar)[0] == "not resolved"
     assert bar_verdict({"style": Rate(60, 96), "shape": Rate(82, 96)}, bar) == ("missed", {"style": "missed", "shape": "not resolved"})
+
+
+def test_seed_rates_pools_every_seeds_outcomes_and_keeps_each_seeds_count():
+    rates = seed_rates({0: [True, True, False], 1: [False, False, False], 2: [True, True, True]})
+    assert rates["pooled"] == Rate(5, 9)
+    assert rates["per_seed"] == {"0": Rate(2, 3), "1": Rate(0, 3), "2": Rate(3, 3)}

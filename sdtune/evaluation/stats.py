@@ -6,6 +6,7 @@
     rate_difference(Rate(20, 24), Rate(150, 200), "live", "study")   # two independent samples
     seed_difference([r0, r1, r2], [s0, s1, s2], "LoRA", "full")   # two methods over training seeds 0, 1, 2
     within_spread(live, [r0, r1, r2])       # a chapter's live run against the study's per-seed 95% intervals
+    seed_rates({0: outcomes0, 1: outcomes1})  # {"pooled": k/n over the seeds, "per_seed": {"0": k/n, "1": k/n}}
     against(Rate(90, 96), 0.85)             # "met": the whole interval at or above the bar ("missed", "not resolved")
 
 A difference reads "LoRA higher than full by 12 points [3, 21]" only when its 95% interval excludes zero;
@@ -219,6 +220,13 @@ def seed_difference(a: Sequence[Rate | float], b: Sequence[Rate | float], name_a
         sd = max(sd, math.sqrt(within))
     half = t_quantile(m - 1) * sd / math.sqrt(m)
     return Difference(name_a, name_b, mean, mean - half, mean + half, f"paired over {m} training seeds (t-interval)")
+
+
+def seed_rates(outcomes: Mapping[int | str, Sequence[bool]]) -> dict:
+    """One condition of a study, {training seed: per-image outcomes}: {"pooled": k/n over every seed, "per_seed":
+    {seed: k/n}}, the layout the studies' results files and the chapters read."""
+    return {"pooled": Rate.of(o for per_seed in outcomes.values() for o in per_seed),
+            "per_seed": {str(s): Rate.of(o) for s, o in outcomes.items()}}
 
 
 def study_spread(per_seed: Iterable[Rate]) -> tuple[float, float]:
