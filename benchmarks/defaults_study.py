@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--recipes", help="comma-separated recipe names (default: all of the part's)")
     study_arguments(parser, "defaults-study", RESULTS, threads=2)
     args = parser.parse_args()
-    seeds, work = study_setup(parser, args)
+    seeds, work = study_setup(parser, args, selectors=["part", "recipes"])  # each recipe, folder and seed cached on its own
     os.environ.setdefault("SDTUNE_CACHE", str(work / "cache"))  # class images: kept with the study
     parts = args.part.split(",")
     wanted = set(args.recipes.split(",")) if args.recipes else None

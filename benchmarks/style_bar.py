@@ -184,7 +184,7 @@ def main() -> None:
         parser.error(f"--kinds: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     if args.style not in toyworld.NOVEL_STYLES:
         parser.error(f"--style {args.style}: choose one of the novel styles, {', '.join(toyworld.NOVEL_STYLES)}")
-    seeds, work = study_setup(parser, args, min_seeds=3)
+    seeds, work = study_setup(parser, args, min_seeds=3, selectors=["kinds"])  # each kind and seed cached on its own
     runs = {name: {s: cached_run(work, name, s, args) for s in seeds} for name in names}
     results = {"judge_sure": args.judge_sure,
                "settings": {"style": args.style, "seeds": seeds, "threads": args.threads, "guidances": GUIDANCES, "bar": BAR,

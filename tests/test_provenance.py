@@ -152,6 +152,28 @@ def test_a_work_folder_is_reused_only_by_the_code_and_options_that_made_it(tmp_p
         torch.set_num_threads(threads)
 
 
+def test_an_option_that_only_chooses_arms_does_not_refuse_the_work_folder(tmp_path, capsys):
+    """A study whose arms are cached one by one (style_bar's --kinds) reruns with fewer or more arms on the same
+    --work; any other option still refuses it."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kinds", default="a,b")
+    parser.add_argument("--style", default="dotted")
+    study_arguments(parser, "x-study", tmp_path / "x.json")
+    work = str(tmp_path / "work")
+    threads = torch.get_num_threads()
+    try:
+        study_setup(parser, parser.parse_args(["--work", work]), selectors=["kinds"])
+        study_setup(parser, parser.parse_args(["--work", work, "--kinds", "b"]), selectors=["kinds"])
+        with pytest.raises(SystemExit):
+            study_setup(parser, parser.parse_args(["--work", work, "--style", "striped"]), selectors=["kinds"])
+        assert "computed with other options (--style dotted)" in capsys.readouterr().err
+        with pytest.raises(SystemExit):  # without the selector, the arms chosen are part of the record
+            study_setup(parser, parser.parse_args(["--work", work, "--kinds", "b"]))
+        assert "computed with other options (--kinds None)" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_seed_is_run_once_and_kept_whole(tmp_path):
     import numpy as np
 

@@ -186,9 +186,13 @@ def study_arguments(parser: argparse.ArgumentParser, name: str, results: str | o
                              f"(default {SURE}: the threshold benchmarks/judge_agreement.py tested; 0 names every value)")
 
 
-def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_seeds: int = 1) -> tuple[list[int], Path]:
+def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_seeds: int = 1,
+                selectors: Sequence[str] = ()) -> tuple[list[int], Path]:
     """Check --seeds (distinct integers, at least `min_seeds`), --threads, --judge-sure and that --work was made by this
     code with these options (`made_by.json`), set torch's threads, make --work.
+
+    `selectors`: options (as attribute names, e.g. "kinds") that only choose which arms run, each arm cached on its
+    own: they are left out of the record, so a rerun with fewer or more arms reuses the arms already in --work.
 
     Returns (seeds, work). A bad value stops the script with one message naming the option, before any work."""
     try:
@@ -207,7 +211,7 @@ def study_setup(parser: argparse.ArgumentParser, args: argparse.Namespace, min_s
         parser.error(f"--judge-sure: {e}")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    made_by = {"code": code_fingerprint(), "options": {k: v for k, v in sorted(vars(args).items()) if k not in ("seeds", "work", "out")}}
+    made_by = {"code": code_fingerprint(), "options": {k: v for k, v in sorted(vars(args).items()) if k not in ("seeds", "work", "out", *selectors)}}
     record_file = work / "made_by.json"  # the code and options that computed the outcomes cached in --work
     if record_file.is_file():
         before = json.loads(record_file.read_text())
