@@ -18,8 +18,9 @@ a gray background", the same scene drawn flat); 15 DDIM steps, guidance 4, sampl
 image by image. Measures: the style with the trigger (the judge sees outlines), leakage (outlines without the
 trigger), shape and colour (over both prompt sets). Also per seed: how far each adapter moves the prompt embeddings
 (mean cosine distance per token, as chapter 04's section 4 measures it) and each run's training seconds (as timed in
-the study, UNet always first and on whatever else the machine runs: chapter 04 takes the cost in time from
-benchmarks/text_encoder_cost.py, which times the two runs alone in alternating order).
+the study, UNet always first and on whatever else the machine runs, so the study computes no difference from them:
+chapter 04 takes the cost in time from benchmarks/text_encoder_cost.py, which times the two runs alone in alternating
+order).
 
 Rates are k/n pooled over seeds with Wilson 95% intervals; each difference chapter 04 states (DIFFERENCES) is the mean
 of the per-seed differences with a t-interval over seeds (`sdtune.evaluation.stats`), "not resolved" when it includes
@@ -238,9 +239,6 @@ def main() -> None:
         d = seed_difference([Rate.of(runs[s][a][m]) for s in seeds], [Rate.of(runs[s][b][m]) for s in seeds], a, b)
         diffs.append(d.as_dict() | {"measure": m})
         print(f"{m}: {d.verdict()}")
-    # training time per seed (this machine, one thread); the TE + UNet run against the UNet run, paired by seed
-    cost = seed_difference([seconds[s]["TE + UNet"] for s in seeds], [seconds[s]["UNet"] for s in seeds], "TE + UNet", "UNet")
-    print(f"train seconds: {cost.estimate:+.2f} s [{cost.low:+.2f}, {cost.high:+.2f}] for TE + UNet against UNet")
     write_results(args.out, {
         "judge_sure": args.judge_sure,
         "settings": settings() | {"seeds": seeds, "threads": args.threads},
@@ -248,8 +246,6 @@ def main() -> None:
         "differences": diffs,
         "train_s": {str(s): seconds[s] for s in seeds},
         "embedding_distance": {str(s): distances[s] for s in seeds},
-        "train_s_difference": {"a": "TE + UNet", "b": "UNet", "seconds": cost.estimate, "low": cost.low, "high": cost.high,
-                               "resolved": cost.resolved},
         "outcomes": {str(s): {c: runs[s][c] for c in conditions if c != "base"} for s in seeds} | {"base": base},
     }, weights=[TINY_SD, JUDGE_WEIGHTS], overwrite=True)
     print(f"wrote {args.out}")
