@@ -15,13 +15,17 @@ asks which of the recipe's levers, within the bar's 300 steps, keeps more shapes
 - **lower timesteps only** (t < 400 instead of t < 600): the shape is laid down in the noisier steps, the texture in
   the later ones (chapter 03), so an adapter that never trains on t >= 400 should touch the shape less.
 
+The base model, with no adapter, draws the same prompts as the control: how many of the asked-for shapes does the
+judge name before any training?
+
 Every recipe is sampled for the style bar's 32 held-out prompts (seed 100: other shapes, colours and backgrounds),
 25 DDIM steps, guidance 2.5, sampling seed 0, so conditions are compared image for image. Each image is named by the
 course's judge (`--judge-sure`) and its shape also by the independent pixel checker (`sdtune.evaluation.checker`),
 so that a shape the sure judge leaves unnamed can be told from a shape that is not there. Rates are k/n pooled over
 the training seeds with Wilson 95% intervals; the bar's verdict per condition is met, missed or not resolved
-(`stats.bar_verdict`); each condition's difference from the recipe as it stands (scale 1) is the mean of the
-per-seed differences with a t-interval over seeds. Each training seed is cached in --work (about 7 minutes a seed
+(`stats.bar_verdict`); each condition's difference from the recipe as it stands (scale 1), and from the base model
+on shape, is the mean of the per-seed differences with a t-interval over seeds (the base model's images are the same
+in every seed). Each training seed is cached in --work (about 7 minutes a seed
 on 2 CPU threads). The results file records the command, the commit, the machine and the sha256 of the tiny model
 and the judge.
 """
@@ -45,6 +49,7 @@ RECIPES = {
 }
 SCALES = (1.0, 0.8, 0.6)
 REFERENCE = "recipe, scale 1"
+BASE_MODEL = "base model (no adapter)"
 GUIDANCE = 2.5
 HELD_OUT = 32
 MEASURES = ("shape", "colour", "background", "style", "shape (checker)")
@@ -84,7 +89,7 @@ def run_seed(seed: int, work: Path, pipe, judge) -> tuple[dict, dict]:
     from sdtune.training import TrainConfig, train
 
     scenes = held_out()
-    outcomes, train_s = {}, {}
+    outcomes, train_s = {BASE_MODEL: judged(pipe, judge, scenes)}, {}
     for name, (images, changes) in RECIPES.items():
         data = work / f"data-{STYLE}-{images}"
         if not data.is_dir():
@@ -115,13 +120,12 @@ def summarise(runs: dict[int, dict]) -> dict:
         rates = {m: seed_rates({s: runs[s][c][m] for s in seeds}) for m in MEASURES}
         verdict, per_measure = bar_verdict({m: rates[m]["pooled"] for m in BAR}, BAR)
         conditions[c] = {"rates": rates, "bar": {"verdict": verdict, "per_measure": per_measure}}
+    pairs = [(c, REFERENCE, m) for c in runs[seeds[0]] if c not in (REFERENCE, BASE_MODEL) for m in (*BAR, "shape (checker)")]
+    pairs += [(c, BASE_MODEL, m) for c in runs[seeds[0]] if c != BASE_MODEL for m in ("shape", "shape (checker)")]
     differences = []
-    for c in runs[seeds[0]]:
-        if c == REFERENCE:
-            continue
-        for m in (*BAR, "shape (checker)"):
-            d = seed_difference([Rate.of(runs[s][c][m]) for s in seeds], [Rate.of(runs[s][REFERENCE][m]) for s in seeds], c, REFERENCE)
-            differences.append({"measure": m} | d.as_dict())
+    for a, b, m in pairs:
+        d = seed_difference([Rate.of(runs[s][a][m]) for s in seeds], [Rate.of(runs[s][b][m]) for s in seeds], a, b)
+        differences.append({"measure": m} | d.as_dict())
     return {"conditions": conditions, "differences": differences}
 
 
