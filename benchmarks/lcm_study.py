@@ -31,7 +31,6 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lcm_study_cpu.json"
-CONTENT = ("shape", "colour", "background")
 LCM_STEPS = (1, 2, 4, 8)
 DDIM_STEPS = (1, 2, 4, 8, 25)
 SCHEDULER_ONLY_STEPS = (2, 4)
@@ -51,11 +50,11 @@ def evaluate(pipe, judge, scenes, steps: int, guidance: float) -> dict[str, list
     """Sample the scenes' captions in one batch (seed 0): per image, is each attribute right, all three, and dots?"""
     import sdtune
     from sdtune.data import toyworld
+    from sdtune.evaluation.judge import as_asked
 
     images = sdtune.sample(pipe, [toyworld.caption(s) for s in scenes], steps, guidance, seed=0, batch_size=len(scenes))
     predicted = judge.predict(images)
-    right = {a: [p == getattr(s, a) for p, s in zip(predicted[a], scenes)] for a in CONTENT}
-    right["all"] = [all(r) for r in zip(*(right[a] for a in CONTENT))]
+    right = as_asked(predicted, scenes)  # shape, colour, background and all three
     right["dots"] = [p == "dotted" for p in predicted["style"]]
     return right
 

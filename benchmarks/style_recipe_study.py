@@ -72,10 +72,10 @@ def judged(pipe, judge, scenes) -> dict[str, list[bool]]:
     import sdtune
     from sdtune.data import toyworld
     from sdtune.evaluation.checker import check_all
+    from sdtune.evaluation.judge import as_asked
 
     images = sdtune.sample(pipe, [toyworld.caption(s) for s in scenes], guidance_scale=GUIDANCE, seed=0)
-    named = judge.predict(images)
-    right = {m: [p == getattr(s, m) for p, s in zip(named[m], scenes)] for m in MEASURES if m in named}
+    right = as_asked(judge.predict(images), scenes, ("shape", "colour", "background", "style"))
     right["shape (checker)"] = [p == s.shape for p, s in zip(check_all(images)["shape"], scenes)]
     return right
 

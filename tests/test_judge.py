@@ -67,3 +67,18 @@ def test_one_forward_pass_named_at_two_thresholds_is_what_two_judges_predict(jud
     assert everywhere.name(probabilities, SURE) == judge.predict(images)
     with pytest.raises(ValueError, match="probability in"):
         everywhere.name(probabilities, 1.0)
+
+
+def test_as_asked_says_per_image_which_attributes_the_judge_named_as_the_scene_asks():
+    from sdtune.data import toyworld
+    from sdtune.evaluation.judge import as_asked
+
+    scenes = toyworld.sample_scenes(4, seed=0)
+    named = {k: [getattr(s, k) for s in scenes] for k in toyworld.ATTRIBUTES}
+    named["shape"][1], named["background"][2] = "unsure", "unsure"
+    right = as_asked(named, scenes)
+    assert right["shape"] == [True, False, True, True] and right["background"] == [True, True, False, True]
+    assert right["all"] == [True, False, False, True] and set(right) == {"shape", "colour", "background", "all"}
+    assert as_asked(named, scenes, ("style",))["all"] == [True] * 4
+    with pytest.raises(ValueError, match="one scene per image"):
+        as_asked(named, scenes[:3])

@@ -121,6 +121,20 @@ def load_judge(folder: str | Path = JUDGE_DIR, sure: float = SURE) -> Judge:
     return judge.eval()
 
 
+CONTENT = ("shape", "colour", "background")  # what a prompt asks of every image, whatever its style
+
+
+def as_asked(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene],
+             attributes: Sequence[str] = CONTENT) -> dict[str, list[bool]]:
+    """Per image: did the judge name each of `attributes` as its scene asks, and "all": every one of them at once."""
+    for k in attributes:
+        if len(predicted[k]) != len(scenes):
+            raise ValueError(f"as_asked got {len(predicted[k])} predicted {k}s for {len(scenes)} scenes: pass one scene per image.")
+    right = {k: [p == getattr(s, k) for p, s in zip(predicted[k], scenes)] for k in attributes}
+    right["all"] = [all(r) for r in zip(*right.values())]
+    return right
+
+
 def agreement(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene]) -> dict[str, float]:
     """Fraction of images whose predicted attribute equals the scene's, per attribute."""
     return {
