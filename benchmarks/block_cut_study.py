@@ -26,7 +26,6 @@ machine and the sha256 of the tiny model and the judge.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -123,22 +122,11 @@ def summarise(runs: dict[int, dict]) -> dict:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
-    from sdtune.evaluation.stats import MIN_SEEDS
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "block-cut-study", RESULTS, seeds_help="training seeds of the concept LoRAs (at least 3)", threads=2)
-    args = parser.parse_args()
-    seeds, work = study_setup(parser, args, min_seeds=MIN_SEEDS)
-
-    import sdtune
-    from sdtune.evaluation.judge import load_judge
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, seed_outcomes, write_results
-
-    judge = load_judge(sure=args.judge_sure)
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    runs = {s: seed_outcomes(work, s, lambda s=s: run_seed(pipe, judge, s, work)) for s in seeds}
+    study = start_tiny_study(__doc__, "block-cut-study", RESULTS, seeds_help="training seeds of the concept LoRAs (at least 3)")
+    args, seeds = study.args, study.seeds
+    runs = study.outcomes(lambda s: run_seed(study.pipe, study.judge, s, study.work))
     summary = summarise(runs)
     for pair, methods in summary["rates"].items():
         for method, measures in methods.items():

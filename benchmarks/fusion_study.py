@@ -19,7 +19,6 @@ judge.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -99,23 +98,12 @@ def run_seed(pipe, judge, seed: int, work: Path) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
-    from sdtune.evaluation.stats import MIN_SEEDS
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "fusion-study", RESULTS, seeds_help="training seeds of the two LoRAs (at least 3)", threads=2)
-    args = parser.parse_args()
-    seeds, work = study_setup(parser, args, min_seeds=MIN_SEEDS)
-
-    import sdtune
-    from sdtune.evaluation.judge import load_judge
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, seed_outcomes, write_results
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
     from sdtune.evaluation.stats import Rate, seed_difference, seed_rates
 
-    judge = load_judge(sure=args.judge_sure)
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    runs = {s: seed_outcomes(work, s, lambda s=s: run_seed(pipe, judge, s, work)) for s in seeds}
+    study = start_tiny_study(__doc__, "fusion-study", RESULTS, seeds_help="training seeds of the two LoRAs (at least 3)")
+    args, seeds = study.args, study.seeds
+    runs = study.outcomes(lambda s: run_seed(study.pipe, study.judge, s, study.work))
     conditions = list(runs[seeds[0]]["outcomes"])
     rates = {c: {m: seed_rates({s: runs[s]["outcomes"][c][m] for s in seeds}) for m in MEASURES} for c in conditions}
     for c in conditions:

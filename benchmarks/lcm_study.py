@@ -26,7 +26,6 @@ command, the commit, the machine and the sha256 of the tiny model, the judge and
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -131,34 +130,21 @@ def run_seed(seed: int, work: Path, pipe, judge) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "lcm-study", RESULTS, seeds_help="training seeds of the distillation (at least 3)", threads=2)
-    args = parser.parse_args()
-    from sdtune.evaluation.stats import MIN_SEEDS
-
-    seeds, work = study_setup(parser, args, min_seeds=MIN_SEEDS)
-
-    import sdtune
-    from sdtune.evaluation.judge import load_judge
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, seed_outcomes, write_results
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
     from sdtune.evaluation.stats import Rate, seed_difference, seed_rates
     from sdtune.io import write_json
     from sdtune.models.toy_loras import LCM
 
-    judge = load_judge(sure=args.judge_sure)
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
+    study = start_tiny_study(__doc__, "lcm-study", RESULTS, seeds_help="training seeds of the distillation (at least 3)")
+    args, seeds, work = study.args, study.seeds, study.work
     fixed_file = work / "without_lcm.json"
     if not fixed_file.is_file():
-        write_json(fixed_file, without_lcm(pipe, judge))
+        write_json(fixed_file, without_lcm(study.pipe, study.judge))
     fixed = json.loads(fixed_file.read_text())
-    runs, train_s = {}, {}
-    for seed in seeds:
-        result = seed_outcomes(work, seed, lambda: run_seed(seed, work, pipe, judge))
-        runs[seed], train_s[str(seed)] = result["outcomes"] | fixed, result["train_s"]
-        print(f"seed {seed}: distilled in {result['train_s']:.0f} s", flush=True)
+    per_seed = study.outcomes(lambda seed: run_seed(seed, work, study.pipe, study.judge))
+    runs = {seed: r["outcomes"] | fixed for seed, r in per_seed.items()}
+    train_s = {str(seed): r["train_s"] for seed, r in per_seed.items()}
+    print("distilled in, per seed:", ", ".join(f"{s:.0f} s" for s in train_s.values()), flush=True)
 
     measures = ("shape", "colour", "background", "all", "dots")
     conditions = {c: {m: seed_rates({s: runs[s][c][m] for s in seeds}) for m in measures} for c in runs[seeds[0]]}

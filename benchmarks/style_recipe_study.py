@@ -32,7 +32,6 @@ and the judge.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "style_recipe_study_cpu.json"
@@ -138,25 +137,13 @@ def report(summary: dict) -> None:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "style-recipe-study", RESULTS, seeds_help="training seeds of every recipe (at least 3)", threads=2)
-    args = parser.parse_args()
-    from sdtune.evaluation.stats import MIN_SEEDS
-
-    seeds, work = study_setup(parser, args, min_seeds=MIN_SEEDS)
-    import sdtune
-    from sdtune.evaluation.judge import load_judge
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, seed_outcomes, write_results
-
-    judge = load_judge(sure=args.judge_sure)
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    runs, train_s = {}, {}
-    for seed in seeds:
-        result = seed_outcomes(work, seed, lambda: run_seed(seed, work, pipe, judge))
-        runs[seed], train_s[str(seed)] = result["outcomes"], result["train_s"]
+    study = start_tiny_study(__doc__, "style-recipe-study", RESULTS, seeds_help="training seeds of every recipe (at least 3)")
+    args, seeds = study.args, study.seeds
+    per_seed = study.outcomes(lambda seed: run_seed(seed, study.work, study.pipe, study.judge))
+    runs = {seed: r["outcomes"] for seed, r in per_seed.items()}
+    train_s = {str(seed): r["train_s"] for seed, r in per_seed.items()}
     summary = summarise(runs)
     report(summary)
     settings = {"style": STYLE, "seeds": seeds, "threads": args.threads, "base": BASE, "recipes": RECIPES, "scales": SCALES,

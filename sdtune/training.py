@@ -45,7 +45,6 @@ from .data.folder import scan_folder
 from .data.latents import Batch, LatentSet, default_cache_folder, prepare_latents
 from .defaults import Default, model_family, recommended
 from .formats.adapters import components
-from .formats.kohya import base_model_version  # noqa: F401  (differential LoRA's header; importable from here as before)
 from .io import check_output_folder, park_previous_result, staged_file, staged_folder, write_manifest
 from .methods import ADAPTER_KINDS, DEFAULT_TARGETS, TARGET_PRESETS
 from .methods import hypernetwork as hypernet

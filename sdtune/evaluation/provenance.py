@@ -14,7 +14,9 @@ compares a logged figure with a re-measurement first checks that the weights are
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +32,7 @@ import torch
 
 from ..io import ASSETS, staged_file, write_json
 from .judge import SURE, check_sure
+from .stats import MIN_SEEDS
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout sdtune runs from (when it is one)
 TINY_SD = ASSETS / "tiny-sd"
@@ -261,3 +264,36 @@ def seed_outcomes(work: Path, seed: int, run: Callable[[], tuple[dict, dict[str,
         np.savez_compressed(tmp, **pictures)
     write_json(cached, outcomes)
     return outcomes
+
+
+@dataclasses.dataclass
+class TinyStudy:
+    """What a seeded study of the tiny model starts from: its checked options, seeds and --work folder, the tiny
+    pipeline (progress bars off) and the judge at --judge-sure."""
+
+    args: argparse.Namespace
+    seeds: list[int]
+    work: Path
+    pipe: object
+    judge: object
+
+    def outcomes(self, run_seed: Callable[[int], tuple[dict, dict[str, np.ndarray]]]) -> dict[int, dict]:
+        """Every seed's outcomes: `run_seed(seed)` where `seed_outcomes` finds none in --work."""
+        return {seed: seed_outcomes(self.work, seed, functools.partial(run_seed, seed)) for seed in self.seeds}
+
+
+def start_tiny_study(description: str, name: str, results: str | os.PathLike, seeds_help: str, threads: int = 2,
+                     min_seeds: int = MIN_SEEDS) -> TinyStudy:
+    """Parse and check a study's command line (`study_arguments`, `study_setup`: a bad option stops it before any
+    work), then load the tiny pipeline and the judge. `description`: the script's docstring (its first line is the
+    help's)."""
+    from ..models.loading import load_pipeline
+    from .judge import load_judge
+
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    study_arguments(parser, name, results, seeds_help=seeds_help, threads=threads)
+    args = parser.parse_args()
+    seeds, work = study_setup(parser, args, min_seeds=min_seeds)
+    pipe = load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    return TinyStudy(args, seeds, work, pipe, load_judge(sure=args.judge_sure))
