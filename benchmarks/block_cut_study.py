@@ -122,9 +122,10 @@ def summarise(runs: dict[int, dict]) -> dict:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, study_parser, write_results
 
-    study = start_tiny_study(__doc__, "block-cut-study", RESULTS, seeds_help="training seeds of the concept LoRAs (at least 3)")
+    parser = study_parser(__doc__, "block-cut-study", RESULTS, seeds_help="training seeds of the concept LoRAs (at least 3)", threads=2)
+    study = start_tiny_study(parser, parser.parse_args())
     args, seeds = study.args, study.seeds
     runs = study.outcomes(lambda s: run_seed(study.pipe, study.judge, s, study.work))
     summary = summarise(runs)

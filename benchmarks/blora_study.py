@@ -44,7 +44,6 @@ written beside it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -356,20 +355,13 @@ def grid(pipe, blocks: tuple[str, str], seed: int, work: Path, path: Path) -> No
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, study_arguments, study_setup, write_results
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, study_parser, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "blora-study", RESULTS, seeds_help="training seeds (at least 3 for the comparisons)")
-    args = parser.parse_args()
-    seeds, work = study_setup(parser, args)
-    out = Path(args.out)
-
-    import sdtune
-
+    parser = study_parser(__doc__, "blora-study", RESULTS, seeds_help="training seeds (at least 3 for the comparisons)")
     start = time.perf_counter()
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge(sure=args.judge_sure)
+    study = start_tiny_study(parser, parser.parse_args(), min_seeds=1)
+    args, seeds, work, pipe, judge = study.args, study.seeds, study.work, study.pipe, study.judge
+    out = Path(args.out)
     probe = ablation(pipe, judge, work)
     print("\nablation (loss of the judge's score without the unit, mean of the two images):")
     print(f"{'unit':<30}{'shape':>8}{'pattern':>9}{'colour':>8}")

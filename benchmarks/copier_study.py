@@ -39,7 +39,6 @@ of the tiny model and the judge; beside it, a labelled grid of seed 0's images.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import time
@@ -243,19 +242,12 @@ def grid(pictures: dict[str, np.ndarray], path: Path, seed: int, own_caption: st
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, seed_outcomes, seed_pictures, study_arguments,
-                                             study_setup, write_results)
+    from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, seed_outcomes, seed_pictures, start_tiny_study,
+                                             study_parser, write_results)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    study_arguments(parser, "copier-study", RESULTS, seeds="0,1,2,3,4", seeds_help="training seeds (at least 3 for the differences)")
-    args = parser.parse_args()
-    seeds, work = study_setup(parser, args)
-
-    import sdtune
-
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge(sure=args.judge_sure)
+    parser = study_parser(__doc__, "copier-study", RESULTS, seeds="0,1,2,3,4", seeds_help="training seeds (at least 3 for the differences)")
+    study = start_tiny_study(parser, parser.parse_args(), min_seeds=1)
+    args, seeds, work, pipe, judge = study.args, study.seeds, study.work, study.pipe, study.judge
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = seed_outcomes(work, seed, lambda: run_seed(seed, pipe, judge, work))

@@ -29,7 +29,6 @@ results file records the command, the commit, the machine and the sha256 of the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -172,24 +171,17 @@ def same_steps(name_a: str, name_b: str, runs_a: dict, runs_b: dict) -> dict:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, study_parser, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = study_parser(__doc__, "forgetting-study", RESULTS)
     parser.add_argument("--arms", default="LoRA,full", help=f"comma-separated, from: {', '.join(ARMS)}")
-    study_arguments(parser, "forgetting-study", RESULTS)
     args = parser.parse_args()
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    seeds, work = study_setup(parser, args, min_seeds=2)  # differences are paired by seed; the study's claims use 3
-
-    import sdtune
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
-
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge(sure=args.judge_sure)
+    study = start_tiny_study(parser, args, min_seeds=2)  # differences are paired by seed; the study's claims use 3
+    seeds, work, pipe, judge = study.seeds, study.work, study.pipe, study.judge
     start = time.perf_counter()
     base = outcomes(pipe, judge)
     runs = {arm: {s: run_arm(pipe, judge, arm, s, work) for s in seeds} for arm in arms}

@@ -98,10 +98,11 @@ def run_seed(pipe, judge, seed: int, work: Path) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, study_parser, write_results
     from sdtune.evaluation.stats import Rate, seed_difference, seed_rates
 
-    study = start_tiny_study(__doc__, "fusion-study", RESULTS, seeds_help="training seeds of the two LoRAs (at least 3)")
+    parser = study_parser(__doc__, "fusion-study", RESULTS, seeds_help="training seeds of the two LoRAs (at least 3)", threads=2)
+    study = start_tiny_study(parser, parser.parse_args())
     args, seeds = study.args, study.seeds
     runs = study.outcomes(lambda s: run_seed(study.pipe, study.judge, s, study.work))
     conditions = list(runs[seeds[0]]["outcomes"])

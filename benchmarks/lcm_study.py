@@ -130,12 +130,13 @@ def run_seed(seed: int, work: Path, pipe, judge) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, study_parser, write_results
     from sdtune.evaluation.stats import Rate, seed_difference, seed_rates
     from sdtune.io import write_json
     from sdtune.models.toy_loras import LCM
 
-    study = start_tiny_study(__doc__, "lcm-study", RESULTS, seeds_help="training seeds of the distillation (at least 3)")
+    parser = study_parser(__doc__, "lcm-study", RESULTS, seeds_help="training seeds of the distillation (at least 3)", threads=2)
+    study = start_tiny_study(parser, parser.parse_args())
     args, seeds, work = study.args, study.seeds, study.work
     fixed_file = work / "without_lcm.json"
     if not fixed_file.is_file():

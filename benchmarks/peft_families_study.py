@@ -31,7 +31,6 @@ row and column named in the image.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -217,28 +216,23 @@ def picture(rows: dict[str, list], seen: dict[str, list[bool]], columns: list[st
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
+    from sdtune.evaluation.provenance import start_tiny_study, study_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "peft-families-study", RESULTS, seeds="0,1,2,3,4",
-                    seeds_help=f"training seeds (at least 3, {PICTURE_SEED} among them: the chapter's live seed and the picture)")
+    parser = study_parser(__doc__, "peft-families-study", RESULTS, seeds="0,1,2,3,4",
+                          seeds_help=f"training seeds (at least 3, {PICTURE_SEED} among them: the chapter's live seed and the picture)")
     args = parser.parse_args()
     if str(PICTURE_SEED) not in args.seeds.split(","):
         parser.error(f"--seeds {args.seeds}: include {PICTURE_SEED}, the chapter's live seed (the picture shows it)")
-    seeds, work = study_setup(parser, args, min_seeds=3)  # differences are paired by seed
-    seeds = sorted(seeds)
+    study = start_tiny_study(parser, args)  # differences are paired by seed: at least 3
+    seeds, work, pipe, judge = sorted(study.seeds), study.work, study.pipe, study.judge
 
     from PIL import Image
 
-    import sdtune
     from sdtune.data import toyworld
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_figure, write_results
 
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    judge = sdtune.load_judge(sure=args.judge_sure)
     data = work / "data"
     if not data.is_dir():
         toyworld.write_dataset(toyworld.sample_scenes(TRAIN_IMAGES, seed=TRAIN_SEED, styles=[STYLE]), data)

@@ -137,9 +137,10 @@ def report(summary: dict) -> None:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, write_results
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, study_parser, write_results
 
-    study = start_tiny_study(__doc__, "style-recipe-study", RESULTS, seeds_help="training seeds of every recipe (at least 3)")
+    parser = study_parser(__doc__, "style-recipe-study", RESULTS, seeds_help="training seeds of every recipe (at least 3)", threads=2)
+    study = start_tiny_study(parser, parser.parse_args())
     args, seeds = study.args, study.seeds
     per_seed = study.outcomes(lambda seed: run_seed(seed, study.work, study.pipe, study.judge))
     runs = {seed: r["outcomes"] for seed, r in per_seed.items()}

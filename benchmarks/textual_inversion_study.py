@@ -29,7 +29,6 @@ of training seed 0's images (the chapter's live run).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import shutil
 import time
@@ -223,19 +222,12 @@ def grid(pictures: dict[str, np.ndarray], path: Path, seed: int) -> None:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, seed_outcomes, seed_pictures, study_arguments,
-                                             study_setup, write_results)
+    from sdtune.evaluation.provenance import (JUDGE_WEIGHTS, TINY_SD, seed_outcomes, seed_pictures, start_tiny_study,
+                                             study_parser, write_results)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    study_arguments(parser, "textual-inversion-study", RESULTS, seeds_help="training seeds (at least 3 for the differences)")
-    args = parser.parse_args()
-    seeds, work = study_setup(parser, args)
-
-    import sdtune
-
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge(sure=args.judge_sure)
+    parser = study_parser(__doc__, "textual-inversion-study", RESULTS, seeds_help="training seeds (at least 3 for the differences)")
+    study = start_tiny_study(parser, parser.parse_args(), min_seeds=1)
+    args, seeds, work, pipe, judge = study.args, study.seeds, study.work, study.pipe, study.judge
     t0 = time.perf_counter()
     base, base_pictures = before(pipe, judge)
     base_seconds = time.perf_counter() - t0

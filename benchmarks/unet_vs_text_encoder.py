@@ -31,7 +31,6 @@ the tiny model and the judge.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -194,23 +193,15 @@ def run_seed(seed: int, work: Path, judge, pipe, data: Path) -> dict:
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
-    from sdtune.evaluation.stats import MIN_SEEDS, Rate, seed_difference
+    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, start_tiny_study, study_parser, write_results
+    from sdtune.evaluation.stats import Rate, seed_difference
     from sdtune.io import write_json
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "unet-vs-text-encoder", RESULTS, seeds_help="training seeds (at least 3)")
-    args = parser.parse_args()
-    seeds, work = study_setup(parser, args, min_seeds=MIN_SEEDS)
+    parser = study_parser(__doc__, "unet-vs-text-encoder", RESULTS, seeds_help="training seeds (at least 3)")
+    study = start_tiny_study(parser, parser.parse_args())
+    args, seeds, work, pipe, judge = study.args, study.seeds, study.work, study.pipe, study.judge
 
-    import sdtune
     from sdtune.data import toyworld
-    from sdtune.evaluation.judge import load_judge
-    from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_results
-
-    judge = load_judge(sure=args.judge_sure)
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
     data = work / f"data-{STYLE}"
     if not data.is_dir():
         toyworld.write_dataset(toyworld.sample_scenes(IMAGES, seed=1, styles=[STYLE]), data)

@@ -25,7 +25,6 @@ tiny model and the judge.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -175,23 +174,19 @@ def picture(base_strip: Path, strips: dict[str, Path], verdicts: dict[str, list[
 
 
 def main() -> None:
-    from sdtune.evaluation.provenance import study_arguments, study_setup
+    from sdtune.evaluation.provenance import start_tiny_study, study_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    study_arguments(parser, "variants-study", RESULTS, seeds="0,1,2,3,4",
-                    seeds_help=f"training seeds (at least 3, {PICTURE_SEED} among them: the picture)")
+    parser = study_parser(__doc__, "variants-study", RESULTS, seeds="0,1,2,3,4",
+                          seeds_help=f"training seeds (at least 3, {PICTURE_SEED} among them: the picture)")
     args = parser.parse_args()
     if str(PICTURE_SEED) not in args.seeds.split(","):
         parser.error(f"--seeds {args.seeds}: include {PICTURE_SEED}, the picture's and the chapter's live run's seed")
-    seeds, work = study_setup(parser, args, min_seeds=3)  # differences are paired by seed
+    study = start_tiny_study(parser, args)  # differences are paired by seed: at least 3
+    seeds, work, pipe, judge = study.seeds, study.work, study.pipe, study.judge
 
-    import sdtune
     from sdtune.data import toyworld
     from sdtune.evaluation.provenance import JUDGE_WEIGHTS, TINY_SD, write_figure, write_results
 
-    pipe = sdtune.load_pipeline("tiny")
-    pipe.set_progress_bar_config(disable=True)
-    judge = sdtune.load_judge(sure=args.judge_sure)
     start = time.perf_counter()
     base, base_images = outcomes(pipe, judge)
     save_strip(base_images, work / "base.png")

@@ -219,19 +219,20 @@ def test_a_json_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["seed0.json"], "no temporary file is left"
 
 
-def test_a_tiny_study_starts_from_checked_options_the_tiny_pipeline_and_the_judge(tmp_path, monkeypatch, capsys):
-    from sdtune.evaluation.provenance import start_tiny_study
+def test_a_tiny_study_starts_from_checked_options_the_tiny_pipeline_and_the_judge(tmp_path, capsys):
+    from sdtune.evaluation.provenance import start_tiny_study, study_parser
 
+    parser = study_parser("A study.\n\nMore.", "x-study", tmp_path / "x.json", seeds_help="training seeds")
+    parser.add_argument("--own", default="a", help="an option of this study")
     threads = torch.get_num_threads()
     try:
-        monkeypatch.setattr("sys.argv", ["x.py", "--seeds", "0,1", "--work", str(tmp_path / "refused")])
         with pytest.raises(SystemExit):
-            start_tiny_study("A study.\n\nMore.", "x-study", tmp_path / "x.json", seeds_help="training seeds")
+            start_tiny_study(parser, parser.parse_args(["--seeds", "0,1", "--work", str(tmp_path / "refused")]))
         assert "at least 3 seeds" in capsys.readouterr().err and not (tmp_path / "refused").exists()
-        monkeypatch.setattr("sys.argv", ["x.py", "--work", str(tmp_path / "work"), "--threads", "1"])
-        study = start_tiny_study("A study.", "x-study", tmp_path / "x.json", seeds_help="training seeds")
-        assert (study.seeds, study.work, study.args.out) == ([0, 1, 2], tmp_path / "work", str(tmp_path / "x.json"))
-        assert study.judge.sure == 0.9 and study.pipe.unet.config.sample_size == 8
+        args = parser.parse_args(["--work", str(tmp_path / "work"), "--own", "b"])
+        study = start_tiny_study(parser, args)
+        assert (study.seeds, study.work, study.args.out, study.args.own) == ([0, 1, 2], tmp_path / "work", str(tmp_path / "x.json"), "b")
+        assert study.judge.sure == 0.9 and study.pipe.unet.config.sample_size == 8 and torch.get_num_threads() == 1
         ran = []
         outcomes = study.outcomes(lambda seed: (ran.append(seed) or {"seed": seed}, {}))
         assert ran == [0, 1, 2] and [outcomes[s]["seed"] for s in (0, 1, 2)] == [0, 1, 2]

@@ -282,18 +282,23 @@ class TinyStudy:
         return {seed: seed_outcomes(self.work, seed, functools.partial(run_seed, seed)) for seed in self.seeds}
 
 
-def start_tiny_study(description: str, name: str, results: str | os.PathLike, seeds_help: str, threads: int = 2,
-                     min_seeds: int = MIN_SEEDS) -> TinyStudy:
-    """Parse and check a study's command line (`study_arguments`, `study_setup`: a bad option stops it before any
-    work), then load the tiny pipeline and the judge. `description`: the script's docstring (its first line is the
-    help's)."""
+def study_parser(description: str, name: str, results: str | os.PathLike, seeds: str = "0,1,2",
+                 seeds_help: str = "training seeds", threads: int = 1) -> argparse.ArgumentParser:
+    """A study's command line with the options every study takes (`study_arguments`); the study adds its own.
+    `description`: the script's docstring (its first line is the help's)."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    study_arguments(parser, name, results, seeds=seeds, seeds_help=seeds_help, threads=threads)
+    return parser
+
+
+def start_tiny_study(parser: argparse.ArgumentParser, args: argparse.Namespace, min_seeds: int = MIN_SEEDS,
+                     selectors: Sequence[str] = ()) -> TinyStudy:
+    """Check the options every study takes (`study_setup`: a bad one stops the script before any work), then load the
+    tiny pipeline and the judge at --judge-sure."""
     from ..models.loading import load_pipeline
     from .judge import load_judge
 
-    parser = argparse.ArgumentParser(description=description.split("\n")[0])
-    study_arguments(parser, name, results, seeds_help=seeds_help, threads=threads)
-    args = parser.parse_args()
-    seeds, work = study_setup(parser, args, min_seeds=min_seeds)
+    seeds, work = study_setup(parser, args, min_seeds=min_seeds, selectors=selectors)
     pipe = load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     return TinyStudy(args, seeds, work, pipe, load_judge(sure=args.judge_sure))
