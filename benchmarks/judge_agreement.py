@@ -47,7 +47,7 @@ import sdtune
 from sdtune.composition import compose
 from sdtune.data import toyworld
 from sdtune.evaluation import checker
-from sdtune.evaluation.judge import JUDGE_DIR, SURE, UNSURE, load_judge
+from sdtune.evaluation.judge import JUDGE_DIR, SURE, UNSURE, agreement_rates, as_asked, load_judge
 from sdtune.evaluation.provenance import TINY_SD, readable, write_results
 from sdtune.evaluation.stats import Rate, paired_difference
 from sdtune.evaluation.subject import subject_prompts
@@ -190,8 +190,8 @@ def measure(sources: list[Source], judge) -> tuple[dict, list]:
         per_source[s.name] = agreement(judged, checked) | {
             "images": len(s.images),
             "where_sure": where_sure(sure_named, checked),
-            "judge_vs_prompt": {k: Rate.of(j == getattr(sc, k) for j, sc in zip(judged[k], s.scenes)) for k in ATTRIBUTES},
-            "checker_vs_prompt": {k: Rate.of(c == getattr(sc, k) for c, sc in zip(checked[k], s.scenes)) for k in ATTRIBUTES},
+            "judge_vs_prompt": agreement_rates(judged, s.scenes),
+            "checker_vs_prompt": agreement_rates(checked, s.scenes),
         }
         for k in ATTRIBUTES:
             judged_all[k] += judged[k]
@@ -223,14 +223,12 @@ def compare(sources: list[Source], judge, other, name: str, other_name: str) -> 
     checked = checker.check_all(images)
     a, b = judge.predict(images), other.predict(images)
     base = next(s for s in sources if s.name == "base prompts")
-    a_base, b_base = judge.predict(base.images), other.predict(base.images)
+    a_base, b_base = (as_asked(j.predict(base.images), base.scenes, ATTRIBUTES) for j in (judge, other))
     return {
         "agreement with the checker": {k: paired_difference([x == c for x, c in zip(a[k], checked[k])],
                                                             [y == c for y, c in zip(b[k], checked[k])], name, other_name)
                                        for k in ATTRIBUTES},
-        "base prompts: names the prompt": {k: paired_difference([x == getattr(sc, k) for x, sc in zip(a_base[k], base.scenes)],
-                                                                [y == getattr(sc, k) for y, sc in zip(b_base[k], base.scenes)],
-                                                                name, other_name) for k in ATTRIBUTES},
+        "base prompts: names the prompt": {k: paired_difference(a_base[k], b_base[k], name, other_name) for k in ATTRIBUTES},
     }
 
 
@@ -251,9 +249,9 @@ def validate(pipe, judge, n: int = 300, seed: int = 2024) -> dict:
     out = {}
     for kind, images in (("clean renders", x), ("VAE round trips", y)):
         named, judged = checker.check_all(images), judge.predict(images)
-        out[kind] = {k: Rate.of(v == getattr(s, k) for v, s in zip(named[k], scenes)) for k in ATTRIBUTES}
+        out[kind] = agreement_rates(named, scenes)
         out[kind]["unsure"] = {k: named[k].count(checker.UNSURE) for k in ATTRIBUTES}
-        out[kind]["judge"] = {k: Rate.of(v == getattr(s, k) for v, s in zip(judged[k], scenes)) for k in ATTRIBUTES}
+        out[kind]["judge"] = agreement_rates(judged, scenes)
     return out
 
 

@@ -129,23 +129,18 @@ def as_asked(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene],
     """Per image: did the judge name each of `attributes` as its scene asks, and "all": every one of them at once."""
     for k in attributes:
         if len(predicted[k]) != len(scenes):
-            raise ValueError(f"as_asked got {len(predicted[k])} predicted {k}s for {len(scenes)} scenes: pass one scene per image.")
+            raise ValueError(f"{len(predicted[k])} predicted {k}s for {len(scenes)} scenes: pass one scene per image.")
     right = {k: [p == getattr(s, k) for p, s in zip(predicted[k], scenes)] for k in attributes}
     right["all"] = [all(r) for r in zip(*right.values())]
     return right
 
 
-def agreement(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene]) -> dict[str, float]:
-    """Fraction of images whose predicted attribute equals the scene's, per attribute."""
-    return {
-        k: float(np.mean([p == getattr(s, k) for p, s in zip(values, scenes)]))
-        for k, values in predicted.items()
-    }
-
-
 def agreement_rates(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene]) -> dict[str, Rate]:
-    """`agreement` counted: per attribute, k of n images named as their scene, with its Wilson 95% interval."""
-    for k, values in predicted.items():
-        if len(values) != len(scenes):
-            raise ValueError(f"agreement_rates got {len(values)} predicted {k}s for {len(scenes)} scenes: pass one scene per image.")
-    return {k: Rate.of(p == getattr(s, k) for p, s in zip(values, scenes)) for k, values in predicted.items()}
+    """Per attribute predicted: k of n images named as their scene asks (`as_asked`), with its Wilson 95% interval."""
+    right = as_asked(predicted, scenes, list(predicted))
+    return {k: Rate.of(right[k]) for k in predicted}
+
+
+def agreement(predicted: dict[str, list[str]], scenes: Sequence[toyworld.Scene]) -> dict[str, float]:
+    """Fraction of images whose predicted attribute equals the scene's, per attribute (`agreement_rates`' values)."""
+    return {k: rate.value for k, rate in agreement_rates(predicted, scenes).items()}
