@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from benchmark_scripts import readme_rows
 from study_arms import assert_within_arm
 
 import sdtune
@@ -93,14 +94,7 @@ README_LABELS = {"LoRA": "lora", "LoCon": "locon", "LoHa": "loha", "LoKr": "lokr
 
 def _readme_rows() -> dict[str, list[str]]:
     """The rows of README "What a style takes" whose first cell names a kind of the study: {kind: cells}."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("What a style takes"):text.index("Personalization, one subject")]
-    rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] in README_LABELS:
-            rows[README_LABELS[cells[0]]] = cells
-    return rows
+    return readme_rows("What a style takes", "Personalization, one subject", README_LABELS)
 
 
 def test_the_bar_is_met_missed_or_not_resolved_from_the_pooled_intervals():

@@ -6,7 +6,7 @@ are measured again in tests/test_style_bar.py, against this file."""
 import json
 import random
 
-from benchmark_scripts import load_study
+from benchmark_scripts import load_study, readme_rows
 
 from sdtune.evaluation.judge import SURE
 from sdtune.evaluation.provenance import REPO, check_weights
@@ -66,17 +66,13 @@ README_ROWS = {"base model, no adapter": "base model (no adapter)", "the recipe 
 
 
 def test_the_readme_table_is_the_file():
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("**Can the recipe meet the bar?**"):text.index("Personalization, one subject")]
-    rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] in README_ROWS:
-            rows[README_ROWS[cells[0]]] = cells[1:]
+    rows = readme_rows("**Can the recipe meet the bar?**", "Personalization, one subject", README_ROWS)
     assert set(rows) == set(README_ROWS.values())
-    for condition, cells in rows.items():
+    for condition, (_, *cells) in rows.items():
         rates = RESULTS["conditions"][condition]["rates"]
         expected = [f"{rates[m]['pooled']['k']}/{rates[m]['pooled']['n']}" for m in ("style", "shape", "colour", "shape (checker)")]
         assert cells == expected, (condition, cells, expected)
+    text = (REPO / "README.md").read_text()
+    section = " ".join(text[text.index("**Can the recipe meet the bar?**"):text.index("Personalization, one subject")].split())
     base = RESULTS["conditions"]["base model (no adapter)"]["rates"]["shape"]["pooled"]
-    assert f"{base['k']}/{base['n']} = {round(100 * base['rate'])}% [{round(100 * base['low'])}%, {round(100 * base['high'])}%]" in " ".join(section.split())
+    assert f"{base['k']}/{base['n']} = {round(100 * base['rate'])}% [{round(100 * base['low'])}%, {round(100 * base['high'])}%]" in section
