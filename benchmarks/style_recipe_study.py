@@ -8,7 +8,8 @@ colour holds, but the judge names the asked-for shape in only 77% of the images 
 asks which of the recipe's levers, within the bar's 300 steps, keeps more shapes and what it costs the style:
 
 - **the adapter's scale at sampling** (1, 0.8, 0.6: the "LoRA weight" of the WebUI and ComfyUI), on every recipe:
-  a smaller scale moves the model back toward the base, which draws the shape but not the style;
+  a smaller scale moves the model back toward the base model, which draws no dots (how many of the shapes it
+  draws is the control below);
 - **more images** (256 instead of 64; 300 steps of batch 32 are 150 passes over 64 images but 37.5 over 256): does
   the adapter lose held-out shapes by memorising the few scenes it saw?
 - **a smaller learning rate** (5e-4): a smaller change to the model;
@@ -25,8 +26,7 @@ so that a shape the sure judge leaves unnamed can be told from a shape that is n
 the training seeds with Wilson 95% intervals; the bar's verdict per condition is met, missed or not resolved
 (`stats.bar_verdict`); each condition's difference from the recipe as it stands (scale 1), and from the base model
 on shape, is the mean of the per-seed differences with a t-interval over seeds (the base model's images are the same
-in every seed). Each training seed is cached in --work (about 7 minutes a seed
-on 2 CPU threads). The results file records the command, the commit, the machine and the sha256 of the tiny model
+in every seed). Each training seed is cached in --work (about 7 minutes a seed on 2 CPU threads). The results file records the command, the commit, the machine and the sha256 of the tiny model
 and the judge.
 """
 
@@ -110,7 +110,8 @@ def run_seed(seed: int, work: Path, pipe, judge) -> tuple[dict, dict]:
 
 def summarise(runs: dict[int, dict]) -> dict:
     """Per condition and measure: k/n pooled over seeds with its interval and each seed's rate; the bar's verdict;
-    the difference from the recipe at scale 1 on each measure of the bar."""
+    the difference from the recipe at scale 1 on each measure of the bar and the checker's shape, and from the base
+    model on shape (the judge's and the checker's)."""
     from sdtune.evaluation.stats import Rate, bar_verdict, seed_difference, seed_rates
 
     seeds = sorted(runs)
